@@ -1,0 +1,185 @@
+"""Multi-head-attention (MHA) distillation: MiniLM, MiniLMv2, DirectMiniLM, TinyBERT attention.
+
+Shapes: x [B, S, W] with heads concatenated along W (as the models' queries/keys/values);
+attention scores/probs [B, H, S(query), S(key)]; mask [B, S] with 1 = real token.
+
+Averaging convention (every function here):
+  * KL terms are computed per (head, valid query row) over the valid keys, then averaged over the
+    heads and the valid query rows of the whole batch (rows of padding never count).
+  * MSE terms are averaged over the counted elements (valid tokens x features, or heads x valid
+    (query, key) pairs), then over the mapped layer pairs.
+  * MiniLMv2 / MiniLM / DirectMiniLM return the weighted *sum* of their components (Q-Q + K-K + V-V;
+    attention + value), each component also returned on its own for logging.
+Padded positions are zeroed (or masked to a finite -1e30 before a softmax) before any arithmetic,
+so whatever values sit there never change the result. Float32 math whatever the input dtype;
+teacher inputs are under stop_gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from distill_jax.losses._utils import MASK_VALUE, PRECISION, as_mask, f32, safe_divide
+from distill_jax.losses.hs import apply_linear
+from distill_jax.losses.layer_maps import LayerMap
+
+# Floor for probabilities given as probabilities (MiniLM v1): log(0) would be -inf.
+PROB_FLOOR = 1e-30
+
+
+def _zero_padding(x_bs_: jax.Array, mask_bs: jax.Array) -> jax.Array:
+    valid = as_mask(mask_bs).reshape(mask_bs.shape + (1,) * (x_bs_.ndim - 2)) > 0
+    return jnp.where(valid, f32(x_bs_), 0.0)
+
+
+def relation_log_probs(x_bsw: jax.Array, mask_bs: jax.Array, num_relation_heads: int) -> jax.Array:
+    """log softmax over keys of x x^T / sqrt(d_r) per relation head -> [B, R, S, S] float32.
+
+    The width W is split into R heads of d_r = W / R; padded keys get -1e30 before the softmax.
+    """
+    b, s, w = x_bsw.shape
+    if w % num_relation_heads:
+        raise ValueError(f"relation heads {num_relation_heads} do not divide the width {w}; "
+                         f"choose a number of relation heads that divides every model's width")
+    d_r = w // num_relation_heads
+    x = _zero_padding(x_bsw, mask_bs).reshape(b, s, num_relation_heads, d_r)
+    scores = jnp.einsum("bqrd,bkrd->brqk", x, x, precision=PRECISION) / math.sqrt(d_r)
+    key_valid = (as_mask(mask_bs) > 0)[:, None, None, :]
+    return jax.nn.log_softmax(jnp.where(key_valid, scores, MASK_VALUE), axis=-1)
+
+
+def _kl_rows_mean(logp_t: jax.Array, logp_s: jax.Array, mask_bs: jax.Array) -> jax.Array:
+    """sum_k p_t (log p_t - log p_s) over valid keys, averaged over heads and valid query rows."""
+    m = as_mask(mask_bs)
+    key_valid = (m > 0)[:, None, None, :]
+    terms = jnp.where(key_valid, jnp.exp(logp_t) * (logp_t - logp_s), 0.0)
+    kl_bhq = jnp.sum(terms, axis=-1)
+    num_heads = logp_t.shape[1]
+    return safe_divide(jnp.sum(kl_bhq * m[:, None, :]), num_heads * jnp.sum(m))
+
+
+def relation_kl_loss(student_x: jax.Array, teacher_x: jax.Array, mask: jax.Array,
+                     num_relation_heads: int) -> jax.Array:
+    """MiniLMv2 self-attention-relation KL(teacher || student), float32 scalar.
+
+    Args:
+      student_x: [B, S, W_s]; teacher_x: [B, S, W_t] (queries, keys or values, heads concatenated).
+      mask: [B, S] 1 = real token.
+      num_relation_heads: R; must divide both W_s and W_t (each model splits its own width).
+    """
+    logp_s = relation_log_probs(student_x, mask, num_relation_heads)
+    logp_t = relation_log_probs(jax.lax.stop_gradient(teacher_x), mask, num_relation_heads)
+    return _kl_rows_mean(logp_t, logp_s, mask)
+
+
+def minilmv2_loss(student_qkv: Sequence[jax.Array], teacher_qkv: Sequence[jax.Array], mask: jax.Array,
+                  num_relation_heads: int, weights: Sequence[float] = (1.0, 1.0, 1.0)
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MiniLMv2: w_qq KL_QQ + w_kk KL_KK + w_vv KL_VV between one student and one teacher layer.
+
+    Args:
+      student_qkv / teacher_qkv: (queries, keys, values), each [B, S, W] of the chosen layers.
+      weights: (w_qq, w_kk, w_vv); a zero weight skips that relation.
+    Returns:
+      (weighted sum, {"qq": ..., "kk": ..., "vv": ...}) for the relations with non-zero weight.
+    """
+    parts = {}
+    total = jnp.zeros((), jnp.float32)
+    for name, xs, xt, w in zip(("qq", "kk", "vv"), student_qkv, teacher_qkv, weights):
+        if w:
+            parts[name] = relation_kl_loss(xs, xt, mask, num_relation_heads)
+            total = total + w * parts[name]
+    return total, parts
+
+
+def attention_kl_loss(student_probs: jax.Array, teacher_probs: jax.Array, mask: jax.Array) -> jax.Array:
+    """MiniLM attention-distribution KL(teacher || student) from attention probabilities.
+
+    Args:
+      student_probs / teacher_probs: [B, H, S, S] softmax outputs (equal H), rows over keys.
+      mask: [B, S] 1 = real token. Probabilities are floored at 1e-30 before the log.
+    """
+    m = as_mask(mask)
+    valid = (m[:, None, :, None] * m[:, None, None, :]) > 0
+    p_s = jnp.where(valid, f32(student_probs), 1.0)
+    p_t = jnp.where(valid, f32(jax.lax.stop_gradient(teacher_probs)), 1.0)
+    logp_s = jnp.log(jnp.maximum(p_s, PROB_FLOOR))
+    logp_t = jnp.log(jnp.maximum(p_t, PROB_FLOOR))
+    # exp(logp_t) == p_t up to the floor; masked entries are dropped inside _kl_rows_mean.
+    return _kl_rows_mean(logp_t, logp_s, mask)
+
+
+def minilm_loss(student_probs: jax.Array, teacher_probs: jax.Array, student_values: jax.Array,
+                teacher_values: jax.Array, mask: jax.Array, num_heads: int,
+                weights: Sequence[float] = (1.0, 1.0)) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MiniLM (v1): w_a * attention-distribution KL + w_v * value-relation KL (last layers).
+
+    Value relation: ``relation_kl_loss`` with the models' own ``num_heads`` (equal in both).
+    Returns (weighted sum, {"attention": ..., "value": ...}).
+    """
+    if student_probs.shape[1] != teacher_probs.shape[1]:
+        raise ValueError(f"MiniLM needs equal head counts, got student {student_probs.shape[1]} and "
+                         f"teacher {teacher_probs.shape[1]}; use minilmv2 (relation heads) instead")
+    parts = {"attention": attention_kl_loss(student_probs, teacher_probs, mask),
+             "value": relation_kl_loss(student_values, teacher_values, mask, num_heads)}
+    return weights[0] * parts["attention"] + weights[1] * parts["value"], parts
+
+
+def projected_mse(student_bsd: jax.Array, teacher_bsd: jax.Array, mask: jax.Array,
+                  projection: dict | None) -> jax.Array:
+    """mean over valid tokens and the D_t features of (student W + b - teacher)^2."""
+    x = _zero_padding(student_bsd, mask)
+    if projection:
+        x = _zero_padding(apply_linear(projection, x), mask)
+    y = _zero_padding(jax.lax.stop_gradient(teacher_bsd), mask)
+    m = as_mask(mask)
+    return safe_divide(jnp.sum(jnp.square(x - y)), jnp.sum(m) * y.shape[-1])
+
+
+def direct_minilm_loss(student_qkv: Sequence[jax.Array], teacher_qkv: Sequence[jax.Array], mask: jax.Array,
+                       projections: dict | None, weights: Sequence[float] = (1.0, 1.0, 1.0)
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """DirectMiniLM: w_q MSE(Q_s W_q + b_q, Q_t) + w_k MSE(K...) + w_v MSE(V...).
+
+    Args:
+      projections: {"q": {"kernel": [W_s, W_t], "bias": [W_t]}, "k": ..., "v": ...}
+        (None/{} only when the widths match: then the states are compared directly).
+    Returns (weighted sum, {"q": ..., "k": ..., "v": ...}) for non-zero weights.
+    """
+    parts = {}
+    total = jnp.zeros((), jnp.float32)
+    for name, xs, xt, w in zip(("q", "k", "v"), student_qkv, teacher_qkv, weights):
+        if w:
+            parts[name] = projected_mse(xs, xt, mask, (projections or {}).get(name))
+            total = total + w * parts[name]
+    return total, parts
+
+
+def tinybert_attention_loss(student_scores: Sequence[jax.Array], teacher_scores: Sequence[jax.Array],
+                            pairs: LayerMap, mask: jax.Array) -> jax.Array:
+    """TinyBERT attention: MSE between pre-softmax scores, head by head, on a layer map.
+
+    Args:
+      student_scores / teacher_scores: tuples of L arrays [B, H, S, S] (layer i at index i-1), scores
+        q.k/sqrt(d_head) *without* mask; equal H in both models.
+      pairs: layer map over transformer layers 1..L (no 0); a 1-to-N pair averages its teacher scores.
+      mask: [B, S]. Only (valid query, valid key) entries count.
+    Returns the MSE averaged over heads and valid (query, key) entries, then over the pairs.
+    """
+    m = as_mask(mask)
+    valid = (m[:, None, :, None] * m[:, None, None, :]) > 0
+    per_pair = []
+    for s, ts in pairs:
+        x = jnp.where(valid, f32(student_scores[s - 1]), 0.0)
+        target = sum(jnp.where(valid, f32(jax.lax.stop_gradient(teacher_scores[t - 1])), 0.0)
+                     for t in ts) / len(ts)
+        if x.shape[1] != target.shape[1]:
+            raise ValueError(f"TinyBERT attention compares head by head but the student has {x.shape[1]} "
+                             f"heads and the teacher {target.shape[1]}; use minilmv2 instead")
+        count = x.shape[1] * jnp.sum(jnp.sum(m, axis=1) ** 2)
+        per_pair.append(safe_divide(jnp.sum(jnp.square(x - target)), count))
+    return sum(per_pair) / len(per_pair)
