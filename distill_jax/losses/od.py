@@ -52,7 +52,9 @@ def od_loss(student_logits: jax.Array, teacher_logits: jax.Array, mask: jax.Arra
       temperature: T > 0.
     """
     m = as_mask(mask)
-    kl = _od_kl_per_position(student_logits, teacher_logits, temperature)
+    keep = (m > 0)[..., None]  # zero unselected rows first: whatever sits there (even NaN) is ignored
+    kl = _od_kl_per_position(jnp.where(keep, f32(student_logits), 0.0),
+                             jnp.where(keep, f32(teacher_logits), 0.0), temperature)
     return safe_divide(jnp.sum(kl * m), jnp.sum(m))
 
 
@@ -63,7 +65,7 @@ def mlm_ce_loss(student_logits: jax.Array, labels: jax.Array, mask: jax.Array) -
       student_logits: [..., V]; labels: [...] int original token ids; mask: [...] 1 = counts.
     """
     m = as_mask(mask)
-    ce = _ce_per_position(student_logits, labels)
+    ce = _ce_per_position(jnp.where((m > 0)[..., None], f32(student_logits), 0.0), labels)
     return safe_divide(jnp.sum(ce * m), jnp.sum(m))
 
 
@@ -111,8 +113,10 @@ def od_from_hidden(student_hidden_bsd: jax.Array, teacher_hidden_bsd: jax.Array 
         x = x_bp_.reshape((b, num_chunks, c) + x_bp_.shape[2:])
         return jnp.swapaxes(x, 0, 1)
 
-    hs = chunked(gather_positions(student_hidden_bsd, positions))
-    ht = chunked(gather_positions(jax.lax.stop_gradient(teacher_hidden_bsd), positions)) if with_kl else None
+    keep = (mask > 0)[..., None]  # padded entries may point at padding tokens: ignore their values
+    hs = chunked(jnp.where(keep, gather_positions(student_hidden_bsd, positions), 0))
+    ht = (chunked(jnp.where(keep, gather_positions(jax.lax.stop_gradient(teacher_hidden_bsd), positions), 0))
+          if with_kl else None)
 
     @jax.checkpoint  # recompute the chunk's logits in the backward pass instead of storing them all
     def chunk_sums(args):
