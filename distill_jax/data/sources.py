@@ -1,0 +1,308 @@
+"""Document sources: each yields non-empty text documents in a fixed order.
+
+A source knows (a) its `fingerprint()` — a JSON-able description that goes into the cache key, cheap
+to compute (no corpus read), and (b) `documents()` — the texts — and (c) `fraction_done()` for the
+progress ETA (None when unknown, e.g. streaming datasets).
+
+Invalid UTF-8 in files is not an error: each invalid byte sequence is replaced by U+FFFD (Python's
+'replace' handler), counted in `replaced_chars`, and the count is logged and stored in the cache
+metadata. Missing files, globs that match nothing and unknown sources raise FileNotFoundError /
+ValueError naming the field.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from distill_jax.data import builtin_corpus
+from distill_jax.data.config import as_path_list, config_value, validate_data_config
+
+_REPLACEMENT_BYTES = "\ufffd".encode("utf-8")
+
+
+class Source:
+    """Base: subclasses implement fingerprint() and documents()."""
+
+    kind = "base"
+
+    def __init__(self):
+        self.replaced_chars = 0  # U+FFFD inserted for invalid UTF-8, summed over the read
+        self._done = 0.0
+
+    def fingerprint(self) -> dict:
+        raise NotImplementedError
+
+    def documents(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def fraction_done(self) -> float | None:
+        return self._done
+
+    def decode(self, data: bytes) -> str:
+        """UTF-8 decode; invalid sequences become U+FFFD and are counted."""
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("utf-8", errors="replace")
+            self.replaced_chars += text.count("\ufffd") - data.count(_REPLACEMENT_BYTES)
+            return text
+
+
+class BuiltinSource(Source):
+    """Docstrings and prose comments of the CPython standard library (see builtin_corpus)."""
+
+    kind = "builtin"
+
+    def __init__(self):
+        super().__init__()
+        self._total = None
+
+    def fingerprint(self) -> dict:
+        return builtin_corpus.builtin_fingerprint()
+
+    def documents(self) -> Iterator[str]:
+        root = builtin_corpus.stdlib_dir()
+        paths = builtin_corpus._module_paths(root)  # noqa: SLF001 (same package)
+        self._total = len(paths) + 1
+        for i, doc in enumerate(builtin_corpus.iter_builtin_documents(root)):
+            self._done = min(1.0, (i + 1) / self._total)
+            yield doc
+        self._done = 1.0
+
+
+def resolve_paths(patterns: list[str], field: str = "data.paths") -> list[str]:
+    """Files named by paths, directories (recursive, sorted, hidden files skipped) or globs."""
+    if not patterns:
+        raise ValueError(f"{field} is empty: give files, directories or globs")
+    files: list[str] = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        if glob.has_magic(pattern):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise FileNotFoundError(f"{field}: glob {pattern!r} matches no file")
+            files.extend(matches)
+        elif os.path.isdir(pattern):
+            found = []
+            for dirpath, dirnames, filenames in os.walk(pattern):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                             if not f.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"{field}: directory {pattern!r} holds no file")
+            files.extend(found)
+        elif os.path.isfile(pattern):
+            files.append(pattern)
+        else:
+            raise FileNotFoundError(f"{field}: {pattern!r} does not exist (fix the path or glob)")
+    return files
+
+
+class _FileSource(Source):
+    """Shared by the text and wikiextractor readers: byte-progress over a list of files."""
+
+    def __init__(self, patterns: list[str]):
+        super().__init__()
+        self.files = resolve_paths(patterns)
+        self._total_bytes = max(1, sum(os.path.getsize(f) for f in self.files))
+        self._bytes_read = 0
+
+    def _file_stats(self) -> list[list]:
+        # Path, size and mtime: a changed file rebuilds the cache, an unchanged one reuses it.
+        return [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in self.files]
+
+    def _lines(self, path: str) -> Iterator[str]:
+        """Decoded lines without their line ending (LF or CRLF)."""
+        with open(path, "rb") as f:
+            for raw in f:
+                self._bytes_read += len(raw)
+                self._done = self._bytes_read / self._total_bytes
+                yield self.decode(raw).rstrip("\r\n")
+
+
+class TextSource(_FileSource):
+    """Plain text files: one document per blank-line-separated block, per line, or per file."""
+
+    kind = "text"
+
+    def __init__(self, patterns: list[str], doc_split: str = "blank_line"):
+        super().__init__(patterns)
+        self.doc_split = doc_split
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "doc_split": self.doc_split, "files": self._file_stats()}
+
+    def documents(self) -> Iterator[str]:
+        for path in self.files:
+            if self.doc_split == "line":
+                for line in self._lines(path):
+                    if line.strip():
+                        yield line.strip()
+            elif self.doc_split == "file":
+                text = "\n".join(self._lines(path)).strip()
+                if text:
+                    yield text
+            else:  # blank_line
+                block: list[str] = []
+                for line in self._lines(path):
+                    if line.strip():
+                        block.append(line)
+                    elif block:
+                        yield "\n".join(block).strip()
+                        block = []
+                if block:
+                    yield "\n".join(block).strip()
+
+
+class WikiExtractorSource(_FileSource):
+    """WikiExtractor output: articles between `<doc id=.. url=.. title=..>` and `</doc>` lines.
+
+    The tag lines are dropped; the article text (its first line is the title) is one document.
+    Text outside any <doc> element is ignored.
+    """
+
+    kind = "wikiextractor"
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "files": self._file_stats()}
+
+    def documents(self) -> Iterator[str]:
+        for path in self.files:
+            lines: list[str] | None = None
+            for line in self._lines(path):
+                if line.startswith("<doc ") or line == "<doc>":
+                    lines = []
+                elif line.strip() == "</doc>":
+                    if lines is not None:
+                        text = "\n".join(lines).strip()
+                        if text:
+                            yield text
+                    lines = None
+                elif lines is not None:
+                    lines.append(line)
+
+
+class HFSource(Source):
+    """HF datasets: a hub dataset (needs the hub or its local cache) or local files via the
+    'text' / 'json' / 'csv' / 'parquet' / 'arrow' builders with data_files."""
+
+    kind = "hf"
+
+    def __init__(self, name: str, config: str, split: str, data_files: Any, text_field: str,
+                 streaming: bool, cache_dir: str | None):
+        super().__init__()
+        self.name, self.config, self.split = name, config or None, split
+        self.data_files, self.text_field, self.streaming = data_files, text_field, streaming
+        self.cache_dir = cache_dir
+        self._local = None
+        if data_files is not None:
+            files = data_files.values() if isinstance(data_files, dict) else [data_files]
+            patterns = [p for v in files for p in as_path_list(v, "data.hf_data_files")]
+            self._local = resolve_paths(patterns, "data.hf_data_files")
+
+    def fingerprint(self) -> dict:
+        local = None
+        if self._local:
+            local = [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns]
+                     for f in self._local]
+        return {"kind": self.kind, "name": self.name, "config": self.config, "split": self.split,
+                "data_files": local, "text_field": self.text_field}
+
+    def documents(self) -> Iterator[str]:
+        import datasets  # heavy import; only when this source is used
+
+        data_files = self.data_files
+        if isinstance(data_files, str):
+            data_files = as_path_list(data_files, "data.hf_data_files")
+        try:
+            ds = datasets.load_dataset(self.name, self.config, split=self.split,
+                                       data_files=data_files, streaming=self.streaming,
+                                       cache_dir=self.cache_dir)
+        except (FileNotFoundError, ConnectionError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FileNotFoundError(
+                f"data.hf_name={self.name!r} (config {self.config!r}, split {self.split!r}) could "
+                f"not be loaded: {first}. Offline, use local files: data.hf_name='text'|'json'|"
+                f"'parquet' with data.hf_data_files") from e
+        names = ds.column_names if ds.column_names is not None else []
+        if names and self.text_field not in names:
+            raise ValueError(f"data.hf_text_field={self.text_field!r} is not a column of "
+                             f"{self.name!r}; columns: {names}")
+        total = None if self.streaming else len(ds)
+        self._done = None if total is None else 0.0
+        for i, row in enumerate(ds):
+            if total:
+                self._done = (i + 1) / total
+            text = row[self.text_field]
+            if isinstance(text, bytes):
+                text = self.decode(text)
+            if text and text.strip():
+                yield text.strip()
+
+
+class TfdsSource(Source):
+    """tensorflow-datasets: a prepared builder (name[/config][:version]) in data_dir."""
+
+    kind = "tfds"
+
+    def __init__(self, name: str, data_dir: str, split: str, text_field: str):
+        super().__init__()
+        self.name, self.data_dir, self.split, self.text_field = name, data_dir or None, split, text_field
+
+    def fingerprint(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "data_dir": self.data_dir,
+                "split": self.split, "text_field": self.text_field}
+
+    def documents(self) -> Iterator[str]:
+        import tensorflow_datasets as tfds  # heavy import; only when this source is used
+
+        try:
+            builder = tfds.builder(self.name, data_dir=self.data_dir)
+            ds = builder.as_dataset(split=self.split, shuffle_files=False)
+        except Exception as e:  # tfds raises many types (DatasetNotFoundError, AssertionError ..)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FileNotFoundError(
+                f"data.tfds_name={self.name!r} (data_dir {self.data_dir!r}, split {self.split!r}) "
+                f"could not be opened: {first}. Prepare it with `tfds build` or point "
+                f"data.tfds_data_dir at a prepared copy") from e
+        try:
+            total = builder.info.splits[self.split].num_examples
+        except Exception:  # noqa: BLE001 (split arithmetic like 'train[:10%]' has no count)
+            total = None
+        self._done = None if not total else 0.0
+        for i, example in enumerate(tfds.as_numpy(ds)):
+            if total:
+                self._done = min(1.0, (i + 1) / total)
+            if self.text_field not in example:
+                raise ValueError(f"data.tfds_text_field={self.text_field!r} is not a feature of "
+                                 f"{self.name!r}; features: {sorted(example)}")
+            text = example[self.text_field]
+            if isinstance(text, bytes):
+                text = self.decode(text)
+            text = str(text).strip()
+            if text:
+                yield text
+
+
+def make_source(data_cfg: Any, cache_dir: str | None = None) -> Source:
+    """The Source a data config names (validates the config first)."""
+    validate_data_config(data_cfg)
+    kind = config_value(data_cfg, "source")
+    if kind == "builtin":
+        return BuiltinSource()
+    if kind == "text":
+        return TextSource(as_path_list(config_value(data_cfg, "paths")),
+                          config_value(data_cfg, "doc_split"))
+    if kind == "wikiextractor":
+        return WikiExtractorSource(as_path_list(config_value(data_cfg, "paths")))
+    if kind == "hf":
+        hf_cache = os.path.join(cache_dir, "hf_datasets") if cache_dir else None
+        return HFSource(config_value(data_cfg, "hf_name"), config_value(data_cfg, "hf_config"),
+                        config_value(data_cfg, "hf_split"), config_value(data_cfg, "hf_data_files"),
+                        config_value(data_cfg, "hf_text_field"),
+                        bool(config_value(data_cfg, "hf_streaming")), hf_cache)
+    return TfdsSource(config_value(data_cfg, "tfds_name"), config_value(data_cfg, "tfds_data_dir"),
+                      config_value(data_cfg, "tfds_split"), config_value(data_cfg, "tfds_text_field"))
