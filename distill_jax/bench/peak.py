@@ -1,0 +1,86 @@
+"""The peak FLOP/s that MFU divides by.
+
+CPU: no datasheet figure means anything for a shared VM, so the peak is measured: the best of a
+few large float32 square matmuls in this process, with the same threads as the step (JAX's and
+PyTorch's each, since they use different GEMM libraries: XLA:CPU's Eigen / oneDNN vs MKL/oneDNN).
+GPU/TPU: the vendor's dense bf16 figure per device, from the table below.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+# Dense (no sparsity) bf16 peak FLOP/s per JAX device, by a substring of device.device_kind.
+# Sources: NVIDIA H100/H200/A100/L4 datasheets; Cloud TPU system architecture pages (v2/v3 list
+# per chip with 2 devices (cores) each, so the per-device figure is half the chip's).
+DATASHEET_BF16 = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v4", 275e12),
+    ("TPU v3", 61.5e12),
+    ("TPU v2", 23e12),
+)
+
+
+def datasheet_peak(device_kind: str) -> float | None:
+    """Dense bf16 FLOP/s of one device of this kind, or None when the table has no entry."""
+    for key, flops in DATASHEET_BF16:
+        if key.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+def jax_matmul_peak(n: int = 2048, repeats: int = 5, device=None) -> float:
+    """Best FLOP/s of a float32 [n,n] x [n,n] jitted matmul on `device` (2*n^3 FLOPs each)."""
+    import jax
+    import jax.numpy as jnp
+
+    device = device or jax.devices()[0]
+    rng = np.random.default_rng(0)
+    a = jax.device_put(rng.standard_normal((n, n), np.float32), device)
+    b = jax.device_put(rng.standard_normal((n, n), np.float32), device)
+    matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.DEFAULT))
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def torch_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of a float32 [n,n] x [n,n] torch.mm on CPU, with torch's current threads."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def peak_for(device, *, n: int = 2048, repeats: int = 5) -> dict:
+    """{'flops_per_s', 'source'} for this JAX device: measured on CPU, datasheet elsewhere."""
+    if device.platform == "cpu":
+        return {"flops_per_s": jax_matmul_peak(n, repeats, device),
+                "source": f"measured: best of {repeats} jitted float32 {n}x{n} matmuls (jax)"}
+    flops = datasheet_peak(device.device_kind)
+    if flops is None:
+        raise ValueError(f"no datasheet bf16 peak for device kind {device.device_kind!r}; add it to "
+                         "distill_jax.bench.peak.DATASHEET_BF16")
+    return {"flops_per_s": flops, "source": f"datasheet dense bf16 for {device.device_kind}"}
