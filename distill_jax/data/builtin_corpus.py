@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import ast
 import inspect
-import io
 import os
 import sys
 import sysconfig
-import tokenize
 from collections.abc import Iterator
 
 # Bump when the extraction changes: it is part of the cache key.
-BUILTIN_CORPUS_VERSION = 2
+BUILTIN_CORPUS_VERSION = 3
 
 _SKIP_DIRS = frozenset({
     "test", "tests", "idle_test", "idlelib", "lib2to3", "turtledemo", "site-packages",
@@ -75,26 +73,29 @@ def _docstrings(tree: ast.AST) -> Iterator[str]:
         nodes[0:0] = children  # depth-first, source order
 
 
-def _comment_blocks(source: str) -> list[str]:
-    """Runs of comment lines on consecutive source lines, joined into one line of prose each."""
-    blocks, current, last_line = [], [], -2
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        return []
-    for tok in tokens:
-        if tok.type != tokenize.COMMENT:
-            continue
-        text = tok.string.lstrip("#!").strip()
-        if tok.start[0] == last_line + 1 and current:
-            current.append(text)
-        else:
-            if current:
-                blocks.append(" ".join(current))
-            current = [text]
-        last_line = tok.start[0]
+def _comment_blocks(source: str, tree: ast.AST) -> list[str]:
+    """Runs of full-line comments on consecutive lines, each joined into one line of prose.
+
+    A line scan, not `tokenize` (ten times slower): lines inside multi-line string literals are
+    excluded using the AST, so a '#' line in a template string is not mistaken for a comment.
+    Trailing comments after code are skipped; they are short notes, rarely prose.
+    """
+    lines = source.splitlines()
+    in_string = bytearray(len(lines) + 2)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.end_lineno is not None and node.end_lineno > node.lineno):
+            in_string[node.lineno - 1:node.end_lineno] = b"\x01" * (node.end_lineno - node.lineno + 1)
+    blocks, current = [], []
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if stripped.startswith("#") and not in_string[i]:
+            current.append(stripped.lstrip("#!").strip())
+        elif current:
+            blocks.append(" ".join(current).strip())
+            current = []
     if current:
-        blocks.append(" ".join(current))
+        blocks.append(" ".join(current).strip())
 
     def is_prose(block: str) -> bool:
         letters = sum(c.isalpha() or c == " " for c in block)
@@ -128,7 +129,7 @@ def iter_builtin_documents(root: str | None = None) -> Iterator[str]:
             tree = ast.parse(source, filename=path)
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue  # a few stdlib files are templates or legacy encodings; not prose we need
-        docs = list(_docstrings(tree)) + _comment_blocks(source)
+        docs = list(_docstrings(tree)) + _comment_blocks(source, tree)
         if docs:
             yield "\n\n".join(docs)
     yield from _pydoc_topics(root)

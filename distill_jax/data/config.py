@@ -26,7 +26,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # text / wikiextractor: files, directories (read recursively) or globs; a list or a
     # comma-separated string. None until a config sets it (any type may replace None).
     c.paths = None
-    c.doc_split = "blank_line"    # text only: 'blank_line' (paragraph blocks) | 'file' | 'line'
+    c.doc_split = "blank_line"    # text (and hf 'text'): 'blank_line' (paragraphs) | 'file' | 'line'
     # HF datasets: a hub name ('wikipedia', 'bookcorpus', 'cc100') or a builder for local files
     # ('text', 'json', 'parquet', 'arrow') with data_files.
     c.hf_name = ""
@@ -120,7 +120,7 @@ def validate_data_config(cfg: Any) -> None:
         raise ValueError(f"data.source={source!r}: must be one of {', '.join(SOURCE_KINDS)}")
     if source in ("text", "wikiextractor") and not as_path_list(config_value(cfg, "paths")):
         raise ValueError(f"data.source={source!r} needs data.paths (files, directories or globs)")
-    if source == "text" and config_value(cfg, "doc_split") not in DOC_SPLITS:
+    if source in ("text", "hf") and config_value(cfg, "doc_split") not in DOC_SPLITS:
         raise ValueError(f"data.doc_split={config_value(cfg, 'doc_split')!r}: must be one of "
                          f"{', '.join(DOC_SPLITS)}")
     if source == "hf" and not config_value(cfg, "hf_name"):

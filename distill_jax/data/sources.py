@@ -192,8 +192,11 @@ class HFSource(Source):
     kind = "hf"
 
     def __init__(self, name: str, config: str, split: str, data_files: Any, text_field: str,
-                 streaming: bool, cache_dir: str | None):
+                 streaming: bool, cache_dir: str | None, doc_split: str = "blank_line"):
         super().__init__()
+        # The 'text' builder yields lines by default; data.doc_split picks its sample_by.
+        self.sample_by = ({"blank_line": "paragraph", "file": "document", "line": "line"}[doc_split]
+                          if name == "text" else None)
         self.name, self.config, self.split = name, config or None, split
         self.data_files, self.text_field, self.streaming = data_files, text_field, streaming
         self.cache_dir = cache_dir
@@ -209,7 +212,7 @@ class HFSource(Source):
             local = [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns]
                      for f in self._local]
         return {"kind": self.kind, "name": self.name, "config": self.config, "split": self.split,
-                "data_files": local, "text_field": self.text_field}
+                "data_files": local, "text_field": self.text_field, "sample_by": self.sample_by}
 
     def documents(self) -> Iterator[str]:
         import datasets  # heavy import; only when this source is used
@@ -217,10 +220,11 @@ class HFSource(Source):
         data_files = self.data_files
         if isinstance(data_files, str):
             data_files = as_path_list(data_files, "data.hf_data_files")
+        extra = {"sample_by": self.sample_by} if self.sample_by else {}
         try:
             ds = datasets.load_dataset(self.name, self.config, split=self.split,
                                        data_files=data_files, streaming=self.streaming,
-                                       cache_dir=self.cache_dir)
+                                       cache_dir=self.cache_dir, **extra)
         except (FileNotFoundError, ConnectionError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FileNotFoundError(
@@ -303,6 +307,7 @@ def make_source(data_cfg: Any, cache_dir: str | None = None) -> Source:
         return HFSource(config_value(data_cfg, "hf_name"), config_value(data_cfg, "hf_config"),
                         config_value(data_cfg, "hf_split"), config_value(data_cfg, "hf_data_files"),
                         config_value(data_cfg, "hf_text_field"),
-                        bool(config_value(data_cfg, "hf_streaming")), hf_cache)
+                        bool(config_value(data_cfg, "hf_streaming")), hf_cache,
+                        config_value(data_cfg, "doc_split"))
     return TfdsSource(config_value(data_cfg, "tfds_name"), config_value(data_cfg, "tfds_data_dir"),
                       config_value(data_cfg, "tfds_split"), config_value(data_cfg, "tfds_text_field"))
