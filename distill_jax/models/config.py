@@ -148,7 +148,7 @@ class EncoderConfig:
             "position_embedding_type": "absolute",
             "classifier_dropout": self.classifier_dropout,
             "tie_word_embeddings": True,
-            "torch_dtype": "float32",
+            "dtype": "float32",  # export always writes float32 tensors
         }
         if self.bos_token_id is not None:
             hf["bos_token_id"] = self.bos_token_id

@@ -155,8 +155,8 @@ def _weight_files(model_dir: Path) -> list[Path]:
         raise ValueError(
             f"{model_dir}: only PyTorch pickle weights (.bin) found and distill_jax never unpickles; convert once with "
             f"python -c \"from transformers import AutoModel as A; A.from_pretrained('{model_dir}')"
-            f".save_pretrained('{model_dir}-safetensors', safe_serialization=True)\" (or AutoModelForMaskedLM) "
-            "and pass that directory")
+            f".save_pretrained('{model_dir}-safetensors')\" (transformers writes safetensors; use "
+            "AutoModelForMaskedLM to keep an MLM head) and pass that directory")
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json; pass an HF "
                             "model directory with safetensors weights")
 
@@ -299,6 +299,8 @@ def export_tensors(model: Encoder | SequenceClassifier) -> tuple[dict[str, np.nd
     cfg = encoder.cfg
     names = encoder_tensor_names(cfg.replace(with_mlm_head=encoder.has_mlm_head and kind == "mlm"))
     prefix = "" if kind == "base" else BASE_PREFIX[cfg.family]
+    if kind == "cls" and cfg.family != "bert":  # RobertaForSequenceClassification has no pooler
+        names = [tn for tn in names if tn.part != "pooler"]
     tensors = {}
     for tn in names:
         array = _to_numpy(get_param(encoder, tn.path).get_value())
