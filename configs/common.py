@@ -1,0 +1,124 @@
+"""Shared defaults for every distillation config (`get_config` in each recipe starts from here).
+
+Conventions: durations are in optimizer steps; `batch_size` is the global batch (all hosts
+together); one step = one optimizer update (with `microbatches` > 1, gradients of that many
+microbatches are accumulated inside the step).
+"""
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses a config arg string "runlocal,map=uniform_cons,steps=100" into a ConfigDict.
+
+    A bare word is a boolean flag set to True; key=value pairs are cast to the type of the default
+    (ints, floats and bools), or kept as strings. Unknown keys are a ValueError naming them.
+    """
+    parsed = ml_collections.ConfigDict(defaults)
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"config arg {key!r} unknown; this config takes {sorted(defaults)}")
+        default = defaults[key]
+        if not _:
+            parsed[key] = True
+        elif isinstance(default, bool):
+            parsed[key] = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            parsed[key] = int(value)
+        elif isinstance(default, float):
+            parsed[key] = float(value)
+        else:
+            parsed[key] = value
+    return parsed
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with defaults; recipes override what they need."""
+    from distill_jax.data.config import default_data_config
+
+    c = ml_collections.ConfigDict()
+    c.mode = "distill"            # 'distill' (this trainer) | 'glue' (configs/glue.py)
+    c.seed = 0                    # student init, objective aux params, dropout (folded with the step), data order
+
+    c.teacher = ml_collections.ConfigDict()
+    # A local HF directory (config.json + model.safetensors), a hub id (needs the hub), or an
+    # exported student (teacher-assistant chains).
+    c.teacher.name = "bert-base-uncased"
+    # Compute dtype of the frozen teacher; its params are cast once at load. bfloat16 on TPU/GPU
+    # halves the teacher's share of the step; float32 on CPU (bf16 matmuls are slow there).
+    c.teacher.dtype = "float32"
+
+    c.student = ml_collections.ConfigDict()
+    c.student.num_layers = 6
+    c.student.hidden_size = 384
+    c.student.num_heads = 12
+    c.student.intermediate_size = 1536
+    c.student.init = "random"     # 'random' (BERT init) | 'teacher' (copy teacher layers; widths must match)
+    c.student.teacher_layers = ()  # init='teacher': which teacher layers (0-based) become the student's
+    c.student.dtype = "float32"   # compute dtype of the student ('bfloat16' on TPU/GPU)
+    c.student.param_dtype = "float32"  # master weights stay float32 for AdamW
+    c.student.hidden_dropout = 0.1    # BERT's; MiniLM papers keep the pre-training dropout
+    c.student.attention_dropout = 0.1
+
+    # The objective: a dict of terms, see distill_jax/losses/objective.py for every option.
+    c.objective = ml_collections.ConfigDict()
+
+    c.data = default_data_config()  # source, seq_len, MLM masking, cache: see distill_jax/data/config.py
+
+    c.batch_size = 256            # global batch (sequences) per optimizer step
+    c.microbatches = 1            # gradient accumulation inside one step; batch_size % microbatches == 0
+    c.total_steps = 100_000
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 5e-4  # peak, reached after warmup
+    c.optim.warmup_steps = 4000
+    c.optim.end_learning_rate = 0.0  # linear decay to this at total_steps
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-6            # BERT's AdamW epsilon
+    c.optim.weight_decay = 0.01   # not applied to biases and LayerNorm (rank-1 params)
+    c.optim.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+
+    # Mesh axes: data (pure DP), fsdp (batch + params sharded), tensor (heads/MLP/vocab). -1 = the rest.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    # Logical axis name -> mesh axis overrides as [(name, axis or [axes] or None), ...]; empty =
+    # distill_jax.sharding.DEFAULT_RULES.
+    c.logical_axis_rules = ()
+
+    c.log_every = 100             # steps between console lines / TensorBoard points (and NaN checks)
+    c.checkpoint_every = 2000     # steps between checkpoints (also on SIGTERM and at the end)
+    c.keep_checkpoints = 3        # newest K kept
+    c.async_checkpoints = True    # write in the background; awaited before exit
+    c.stop_after_step = 0         # >0: stop there as if preempted (save, exit); 0 = off
+    c.export = True               # write workdir/export (HF format) at the end
+    # Peak FLOP/s of one device for MFU; 0 = datasheet figure by device kind (TPU/GPU), measured
+    # matmul rate on CPU.
+    c.peak_flops_per_device = 0.0
+    return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a pod recipe to a CPU run with the same code path: tiny batch, few steps, builtin
+    corpus, float32, a small slice of documents. The teacher stays what the recipe names (point it
+    at a local directory with --config.teacher.name=... when the hub is unreachable)."""
+    c.teacher.dtype = "float32"
+    c.student.dtype = "float32"
+    c.data.source = "builtin"
+    c.data.max_documents = 2000
+    c.data.seq_len = 64
+    c.data.mlm.max_predictions = 10
+    c.batch_size = 8
+    c.microbatches = 1
+    c.total_steps = 20
+    c.optim.warmup_steps = 2
+    c.log_every = 5
+    c.checkpoint_every = 10
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+    return c

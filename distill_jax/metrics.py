@@ -1,0 +1,170 @@
+"""Training metrics: clu writers (TensorBoard + log), console lines, parameter overview,
+progress with ETA, and MFU.
+
+Scalar names written to TensorBoard (tags):
+  loss                 total objective (weighted sum of the terms)
+  loss/<term>          every objective term on its own (e.g. loss/minilmv2_qq, loss/hs)
+  learning_rate, grad_norm (before clipping)
+  perf/steps_per_sec, perf/tokens_per_sec (global batch tokens incl. padding), perf/mfu (0..1)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Datasheet peak dense bf16 FLOP/s per device (one chip / one GPU), matched on device_kind.
+PEAK_BF16_FLOPS = (
+    ("TPU v6", 918e12),      # Trillium (v6e)
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v4", 275e12),
+    ("TPU v3", 123e12),
+    ("H200", 989e12),
+    ("H100", 989e12),        # SXM dense bf16
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+)
+
+
+def flatten_step_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """{"loss", "terms": {t: v}, "grad_norm", "learning_rate"} -> flat {tag: float}."""
+    flat = {"loss": float(metrics["loss"])}
+    for term, value in metrics["terms"].items():
+        flat[f"loss/{term}"] = float(value)
+    flat["grad_norm"] = float(metrics["grad_norm"])
+    flat["learning_rate"] = float(metrics["learning_rate"])
+    return flat
+
+
+def device_peak_flops(device: jax.Device | None = None) -> float | None:
+    """Datasheet peak bf16 FLOP/s of one accelerator, or None when unknown (CPU, new chips)."""
+    device = device or jax.devices()[0]
+    kind = getattr(device, "device_kind", "")
+    for prefix, flops in PEAK_BF16_FLOPS:
+        if prefix.lower() in kind.lower():
+            return flops
+    return None
+
+
+def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a float32 [size, size] matmul on the default device, best of `repeats`.
+
+    Used as the CPU "peak": there is no datasheet figure, and fake CPU devices share the cores, so
+    the peak is the machine's, not per device.
+    """
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def machine_peak_flops(override_per_device: float = 0.0) -> tuple[float, str]:
+    """Peak FLOP/s of all devices of the job, and where the figure comes from."""
+    devices = jax.devices()
+    if override_per_device > 0:
+        return override_per_device * len(devices), "config.peak_flops_per_device"
+    per_device = device_peak_flops(devices[0])
+    if per_device is not None:
+        return per_device * len(devices), f"datasheet bf16 peak of {devices[0].device_kind}"
+    # CPU: the host's measured float32 matmul rate, once per process.
+    return measured_matmul_flops() * jax.process_count(), "measured float32 matmul on this host"
+
+
+def parameter_overview(params: Any, max_lines: int = 40) -> str:
+    """A table of parameter names, shapes and sizes (clu), plus the total."""
+    from clu import parameter_overview as overview
+
+    flat = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+        flat[name] = leaf
+    table = overview.get_parameter_overview(flat, include_stats=False, max_lines=max_lines)
+    return table
+
+
+def count_parameters(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Throughput:
+    """steps/s, tokens/s, MFU and ETA over the interval since the last report."""
+
+    def __init__(self, *, total_steps: int, tokens_per_step: int, flops_per_step: float | None,
+                 peak_flops: float | None, start_step: int):
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_step = flops_per_step
+        self.peak_flops = peak_flops
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def reset(self, step: int):
+        """Restart the interval (e.g. after compilation or a checkpoint) without reporting."""
+        self._last_step = step
+        self._last_time = time.perf_counter()
+
+    def report(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        steps = step - self._last_step
+        elapsed = max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        if steps <= 0:
+            return {}
+        steps_per_sec = steps / elapsed
+        out = {"perf/steps_per_sec": steps_per_sec,
+               "perf/tokens_per_sec": steps_per_sec * self.tokens_per_step,
+               "perf/eta_s": (self.total_steps - step) / steps_per_sec}
+        if self.flops_per_step and self.peak_flops:
+            out["perf/mfu"] = steps_per_sec * self.flops_per_step / self.peak_flops
+        return out
+
+
+def console_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> str:
+    """One human line: progress, loss, every term, lr, grad norm, speed, MFU, ETA."""
+    parts = [f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.0f}%)",
+             f"loss {scalars['loss']:.4f}"]
+    terms = [f"{k[len('loss/'):]} {v:.4f}" for k, v in scalars.items() if k.startswith("loss/")]
+    if terms:
+        parts.append("[" + ", ".join(terms) + "]")
+    parts.append(f"lr {scalars['learning_rate']:.2e}")
+    parts.append(f"gnorm {scalars['grad_norm']:.3f}")
+    if "perf/steps_per_sec" in scalars:
+        parts.append(f"{scalars['perf/steps_per_sec']:.2f} steps/s")
+        parts.append(f"{scalars['perf/tokens_per_sec']:.0f} tok/s")
+    if "perf/mfu" in scalars:
+        parts.append(f"MFU {100 * scalars['perf/mfu']:.1f}%")
+    if "perf/eta_s" in scalars:
+        parts.append(f"ETA {format_duration(scalars['perf/eta_s'])}")
+    return " | ".join(parts)
+
+
+def create_writer(workdir: str):
+    """clu writer of TensorBoard event files under workdir/tensorboard, on process 0 only (the
+    other processes get a writer that drops everything). Asynchronous: call .close() at the end.
+    Console output is `console_line`'s job, so no logging writer is added here."""
+    from clu import metric_writers
+
+    if jax.process_index() > 0:
+        return metric_writers.MultiWriter([])
+    return metric_writers.AsyncWriter(
+        metric_writers.SummaryWriter(f"{workdir.rstrip('/')}/tensorboard"))
