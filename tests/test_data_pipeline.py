@@ -145,9 +145,22 @@ def test_resume_reproduces_the_batches(tokenizer, cache_dir, corpus):
         other.set_state(state)
 
 
-def test_finite_epochs_stop(tokenizer, cache_dir, corpus):
-    it = _iterator(tokenizer, cache_dir, b=64, epochs=2)
-    assert sum(1 for _ in it) == 2 * (corpus.num_blocks // 64)
+def test_finite_epochs_and_prefetch(tokenizer, cache_dir, corpus):
+    mlm = MlmConfig(max_predictions=8)
+    inline = list(_iterator(tokenizer, cache_dir, b=64, epochs=2, mlm=mlm, prefetch=0))
+    ahead = _iterator(tokenizer, cache_dir, b=64, epochs=2, mlm=mlm, prefetch=3)
+    prefetched = list(ahead)
+    ahead.close()
+    assert len(inline) == len(prefetched) == 2 * (corpus.num_blocks // 64)
+    for a, b in zip(inline, prefetched):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    # Restoring a prefetching iterator mid-run drops what it had prepared for the old position.
+    it = _iterator(tokenizer, cache_dir, b=64, epochs=2, mlm=mlm, prefetch=3)
+    for _ in range(5):
+        next(it)
+    it.set_state({**it.get_state(), "epoch": 0, "step_in_epoch": 1})
+    np.testing.assert_array_equal(next(it)["input_ids"], inline[1]["input_ids"])
 
 
 def test_segment_ids_follow_document_boundaries(tokenizer, tmp_path):

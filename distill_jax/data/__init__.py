@@ -33,6 +33,7 @@ Data config (`default_data_config()`; every field optional in a user dict):
     segment_ids     also yield segment_ids                                           (False)
     shuffle         permute blocks per epoch by (seed, epoch)                         (True)
     num_epochs      0 = infinite                                                         (0)
+    prefetch        batches prepared ahead by a background thread; 0 = inline            (2)
     tokenize_batch_documents, shard_blocks   build knobs                          (256, 65536)
     mlm             mask_prob 0.15, max_predictions 20, mask_token_prob 0.8,
                     random_token_prob 0.1 (used only when the trainer passes mlm=)
@@ -112,4 +113,5 @@ def build_train_iterator(data_cfg: Any, tokenizer, *, seq_len: int | None = None
                          process_index=process_index, process_count=process_count, seed=seed,
                          mlm=mlm, num_epochs=epochs or None,
                          shuffle=bool(config_value(data_cfg, "shuffle")),
-                         segment_ids=bool(config_value(data_cfg, "segment_ids")))
+                         segment_ids=bool(config_value(data_cfg, "segment_ids")),
+                         prefetch=int(config_value(data_cfg, "prefetch")))

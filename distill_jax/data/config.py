@@ -46,6 +46,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.segment_ids = False         # also yield segment_ids [b,S] (1.. per document in a block, 0 pad)
     c.shuffle = True              # False: blocks in corpus order (debugging only)
     c.num_epochs = 0              # 0 = infinite (each epoch reshuffled by (seed, epoch))
+    c.prefetch = 2                # batches prepared ahead in a background thread (0 = inline)
     c.tokenize_batch_documents = 256  # documents per batched tokenizer call
     c.shard_blocks = 65536        # packed blocks per cache shard file
     c.mlm = ml_collections.ConfigDict(dataclasses.asdict(MlmConfig()))

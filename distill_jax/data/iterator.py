@@ -5,7 +5,8 @@ fixed-length rows, so the whole pipeline is index arithmetic — a permutation p
 per step — plus masking keyed by the *global* (step, row), which grain's per-host slicing
 (`dataset[process_index::process_count]`) would hide from the map function. The state is two
 integers (epoch, step in epoch) that checkpoints as JSON, and the gather + mask of a batch takes
-well under a millisecond per row, so grain's worker processes would buy nothing here.
+well under a millisecond per row, so grain's worker processes would buy nothing here; one
+background thread (`prefetch` batches ahead) hides that time behind the train step.
 
 Order: epoch e visits the blocks in `permutation(num_blocks)` of a generator seeded by
 (seed, e) (identity when shuffle=False). Global step t of the epoch takes rows
@@ -17,6 +18,9 @@ the processes' shares are disjoint and together cover the epoch, in the order
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import threading
 from typing import Any
 
 import numpy as np
@@ -34,7 +38,8 @@ class BatchIterator:
 
     def __init__(self, corpus: PackedCorpus, *, per_host_batch_size: int, process_index: int,
                  process_count: int, seed: int, mlm: MlmConfig | None = None,
-                 num_epochs: int | None = None, shuffle: bool = True, segment_ids: bool = False):
+                 num_epochs: int | None = None, shuffle: bool = True, segment_ids: bool = False,
+                 prefetch: int = 2):
         if per_host_batch_size < 1:
             raise ValueError(f"per_host_batch_size={per_host_batch_size}: must be >= 1")
         if not 0 <= process_index < process_count:
@@ -52,7 +57,13 @@ class BatchIterator:
                 f"the corpus packs into {corpus.num_blocks} blocks of {corpus.seq_len}, fewer than "
                 f"one global batch of {self.global_batch_size}: add data or lower the batch size")
         self._epoch, self._step_in_epoch = 0, 0
-        self._order_epoch, self._order = -1, None
+        self._orders: dict[int, np.ndarray] = {}
+        self._orders_lock = threading.Lock()
+        # Prefetch: futures of the batches at the next positions. The state stays the consumer's
+        # position, so a restore simply drops them.
+        self.prefetch = max(0, int(prefetch))
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ahead: collections.deque = collections.deque()
 
     # ---- state -----------------------------------------------------------------------------
     @property
@@ -79,18 +90,21 @@ class BatchIterator:
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
         if not 0 <= step <= self.steps_per_epoch:
             raise ValueError(f"data iterator state step_in_epoch={step} outside [0, {self.steps_per_epoch}]")
+        self._drop_prefetched()
         self._epoch, self._step_in_epoch = epoch, step
 
     # ---- iteration ---------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order_epoch != epoch:
-            if self.shuffle:
-                rng = np.random.default_rng([self.seed, epoch])
-                self._order = rng.permutation(self.corpus.num_blocks)
-            else:
-                self._order = np.arange(self.corpus.num_blocks)
-            self._order_epoch = epoch
-        return self._order
+        with self._orders_lock:  # the prefetch thread and the caller may both ask
+            if epoch not in self._orders:
+                if self.shuffle:
+                    order = np.random.default_rng([self.seed, epoch]).permutation(self.corpus.num_blocks)
+                else:
+                    order = np.arange(self.corpus.num_blocks)
+                if len(self._orders) >= 2:  # keep the current and the next epoch only
+                    self._orders.pop(min(self._orders))
+                self._orders[epoch] = order
+            return self._orders[epoch]
 
     def global_rows(self, epoch: int, step_in_epoch: int) -> np.ndarray:
         """Corpus row indices of the whole global batch at (epoch, step): int64 [B]."""
@@ -105,14 +119,48 @@ class BatchIterator:
     def __iter__(self):
         return self
 
+    def _position_after(self, epoch: int, step: int) -> tuple[int, int]:
+        return (epoch + 1, 0) if step + 1 >= self.steps_per_epoch else (epoch, step + 1)
+
+    def _finished(self, epoch: int) -> bool:
+        return self.num_epochs is not None and epoch >= self.num_epochs
+
+    def _drop_prefetched(self) -> None:
+        for _, future in self._ahead:
+            future.cancel()
+        self._ahead.clear()
+
     def __next__(self) -> dict[str, np.ndarray]:
         if self._step_in_epoch >= self.steps_per_epoch:
             self._epoch, self._step_in_epoch = self._epoch + 1, 0
-        if self.num_epochs is not None and self._epoch >= self.num_epochs:
+        position = (self._epoch, self._step_in_epoch)
+        if self._finished(self._epoch):
             raise StopIteration
-        batch = self.batch_at(self._epoch, self._step_in_epoch)
+        if self.prefetch == 0:
+            batch = self.batch_at(*position)
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="data")
+            if self._ahead and self._ahead[0][0] != position:
+                self._drop_prefetched()
+            if not self._ahead:
+                self._ahead.append((position, self._pool.submit(self.batch_at, *position)))
+            nxt = self._ahead[-1][0]
+            while len(self._ahead) < self.prefetch + 1:
+                nxt = self._position_after(*nxt)
+                if self._finished(nxt[0]):
+                    break
+                self._ahead.append((nxt, self._pool.submit(self.batch_at, *nxt)))
+            batch = self._ahead.popleft()[1].result()
         self._step_in_epoch += 1
         return batch
+
+    def close(self) -> None:
+        """Stops the prefetch thread (also safe to skip: it idles when nobody asks)."""
+        self._drop_prefetched()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def batch_at(self, epoch: int, step_in_epoch: int) -> dict[str, np.ndarray]:
         """The batch at a position, without moving the iterator."""
