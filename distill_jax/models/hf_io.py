@@ -30,6 +30,7 @@ from distill_jax.models.heads import SequenceClassifier
 from distill_jax.models.hf_names import (ARCHITECTURES, BASE_PREFIX, BUFFER_NAMES, TIED_NAMES,
                                          classifier_tensor_names, encoder_tensor_names, get_param,
                                          mlm_head_prefix)
+from distill_jax.models.partitioning import create_sharded, state_shardings
 from distill_jax.sharding import DEFAULT_RULES
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,10 @@ def _strip_prefix(tensors: dict[str, np.ndarray], family: str) -> dict[str, np.n
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
 
 
-def assign_tensors(module: nnx.Module, names, tensors: dict[str, np.ndarray], *, source: str,
-                   param_dtype: str) -> tuple[list[str], list[str]]:
-    """Copies tensors into the module's params (keeping each param's sharding). Returns (loaded, missing).
+def assign_tensors(module: nnx.Module, names, tensors: dict[str, np.ndarray], *, source: str, param_dtype: str,
+                   shardings: dict[tuple, Any] | None = None) -> tuple[list[str], list[str]]:
+    """Copies tensors into the module's params (concrete or abstract), placed per `shardings`
+    (param path -> Sharding) when given. Returns (loaded, missing) HF names.
     Raises ValueError naming the tensor and both shapes on a mismatch."""
     loaded, missing = [], []
     for tn in names:
@@ -223,8 +225,9 @@ def assign_tensors(module: nnx.Module, names, tensors: dict[str, np.ndarray], *,
             want = tuple(current.shape[::-1]) if tn.transpose else tuple(current.shape)
             raise ValueError(f"{source}: tensor '{tn.hf}' has shape {src_shape} but config.json implies {want}; "
                              "the weights do not match the config (fix config.json or use the matching checkpoint)")
-        value = jnp.asarray(array.astype(np.float32), dtype=param_dtype)
-        var.set_value(jax.device_put(value, current.sharding))
+        value = array.astype(np.float32).astype(jnp.dtype(param_dtype))
+        sharding = shardings.get(tn.path) if shardings is not None else None
+        var.set_value(jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value))
         loaded.append(tn.hf)
     return loaded, missing
 
@@ -249,15 +252,21 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = "float32", 
     has_head = any(k.startswith(head_prefix) and k not in TIED_NAMES[cfg.family] for k in tensors)
     cfg = cfg.replace(with_mlm_head=has_head if with_mlm_head is None else bool(with_mlm_head))
 
-    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    seed = (rngs if rngs is not None else nnx.Rngs(0)).params()  # a key: the constructor below is pure
+    make_model = lambda: Encoder(cfg, rngs=nnx.Rngs(params=seed))  # noqa: E731
+    # Abstract first: no random numbers are drawn (and nothing is allocated) for tensors the file has.
+    model = nnx.eval_shape(make_model)
+    shardings = None
     if mesh is not None:
-        from distill_jax.models.partitioning import create_sharded
-        seed = rngs.params()  # a key, so the constructor closure is pure
-        model = create_sharded(lambda: Encoder(cfg, rngs=nnx.Rngs(params=seed)), mesh, rules)
-    else:
-        model = Encoder(cfg, rngs=rngs)
+        shardings = {path: var.get_value() for path, var in nnx.to_flat_state(state_shardings(model, mesh, rules))}
     names = encoder_tensor_names(cfg)
-    loaded, missing = assign_tensors(model, names, tensors, source=str(model_dir), param_dtype=cfg.param_dtype)
+    loaded, missing = assign_tensors(model, names, tensors, source=str(model_dir), param_dtype=cfg.param_dtype,
+                                     shardings=shardings)
+    if missing:  # BERT-style random init for what the checkpoint lacks (e.g. a fresh MLM head)
+        fresh = create_sharded(make_model, mesh, rules) if mesh is not None else make_model()
+        for tn in names:
+            if tn.hf in missing:
+                get_param(model, tn.path).set_value(get_param(fresh, tn.path).get_value())
 
     known = {tn.hf for tn in names}
     ignored = [k for k in tensors if k in BUFFER_NAMES or k in TIED_NAMES[cfg.family]]
