@@ -180,3 +180,54 @@ def test_wikiextractor_reader_on_real_wikipedia(tokenizer, tmp_path):
     corpus = build_packed_corpus(_cfg(source="wikiextractor", paths=path, max_documents=5),
                                  tokenizer, cache_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(_corpus_stream(corpus), _stream(tokenizer, docs[:5]))
+
+
+def _roberta_style_tokenizer(tmp_path, corpus):
+    """A small byte-level BPE tokenizer with RoBERTa's special tokens, trained here (the real
+    RoBERTa files are not available offline), saved and reloaded like any model directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>")
+    fast.save_pretrained(str(tmp_path / "roberta_tok"))
+    return load_tokenizer(str(tmp_path / "roberta_tok"))
+
+
+def test_roberta_family_special_tokens_and_progress(tmp_path, capsys, monkeypatch):
+    import distill_jax.data.cache as cache_mod
+
+    docs = [f"Sentence number {i} says something about the weather and the sea." for i in range(60)]
+    (tmp_path / "r.txt").write_text("\n".join(docs) + "\n")
+    tok = _roberta_style_tokenizer(tmp_path, docs)
+    bos, eos, pad = tok.convert_tokens_to_ids(["<s>", "</s>", "<pad>"])
+    monkeypatch.setattr(cache_mod, "PROGRESS_EVERY_S", 0.0)  # a progress line per batch
+    cfg = _cfg(source="text", paths=str(tmp_path / "r.txt"), doc_split="line", seq_len=24,
+               tokenize_batch_documents=16)
+    it = build_train_iterator(cfg, tok, per_host_batch_size=4, process_index=0, process_count=1,
+                              seed=0, cache_dir=str(tmp_path / "cache"), mlm={"max_predictions": 4})
+    out = capsys.readouterr().out
+    assert "tokenizing: 16 documents" in out and "tokens/s" in out and "ETA" in out
+    assert "tokenized 60 documents" in out
+    blocks = it.corpus.all_blocks()
+    lengths = it.corpus.lengths(np.arange(it.corpus.num_blocks))
+    assert (blocks[:, 0] == bos).all()
+    assert (blocks[np.arange(len(blocks)), lengths - 1] == eos).all()
+    assert (blocks[-1, lengths[-1]:] == pad).all()
+    expected = []
+    for d in docs:
+        expected += tok(d, add_special_tokens=False)["input_ids"] + [eos]
+    np.testing.assert_array_equal(unpack_stream(blocks, lengths), expected)
+    batch = next(it)
+    clean = blocks[it.local_rows(0, 0)]
+    maskable = (batch["attention_mask"] == 1) & ~np.isin(clean, tok.all_special_ids)
+    want = np.minimum(4, np.maximum(1, np.floor(0.15 * maskable.sum(1) + 0.5)))
+    np.testing.assert_array_equal(batch["mlm_weights"].sum(1), want)
+    chosen = batch["mlm_weights"] == 1
+    assert maskable[np.nonzero(chosen)[0], batch["mlm_positions"][chosen]].all()

@@ -10,7 +10,8 @@ Entry point (what the trainer calls):
     check_vocab(tokenizer, teacher_cfg.vocab_size)  # refuses a mismatched vocabulary
     it = build_train_iterator(config.data, tokenizer, per_host_batch_size=b,
                               process_index=jax.process_index(), process_count=jax.process_count(),
-                              seed=config.seed, mlm=MlmConfig.from_config(config.data.mlm) or None)
+                              seed=config.seed,
+                              mlm=MlmConfig.from_config(config.data.mlm) if od else None)
     batch = next(it)     # dict of numpy arrays, this process's rows
     state = it.get_state(); it.set_state(state)     # JSON-serialisable dicts
 

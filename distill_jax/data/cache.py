@@ -30,6 +30,7 @@ from distill_jax.data.tokenization import (SpecialTokens, encode_batches, ids_dt
 # Bump whenever tokenization, packing or the file layout changes: old caches are then ignored.
 PIPELINE_VERSION = 1
 _META = "meta.json"
+PROGRESS_EVERY_S = 5.0  # seconds between progress lines while tokenizing
 
 
 def _log(msg: str) -> None:
@@ -135,7 +136,7 @@ def _build(source: Source, tokenizer, seq_len: int, max_documents: int, out_dir:
             buffered_rows += len(blocks)
         flush(final=False)
         now = time.time()
-        if now - last_log >= 5.0:
+        if now - last_log >= PROGRESS_EVERY_S:
             last_log = now
             rate = text_tokens / max(now - start, 1e-9)
             frac = source.fraction_done()
