@@ -27,10 +27,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # comma-separated string. None until a config sets it (any type may replace None).
     c.paths = None
     c.doc_split = "blank_line"    # text (and hf 'text'): 'blank_line' (paragraphs) | 'file' | 'line'
-    # HF datasets: a hub name ('wikipedia', 'bookcorpus', 'cc100') or a builder for local files
-    # ('text', 'json', 'parquet', 'arrow') with data_files.
+    # HF datasets: a hub dataset ('wikimedia/wikipedia'; datasets 5 has no script-based loaders)
+    # or a builder for local files ('text', 'json', 'csv', 'parquet', 'arrow') with data_files.
     c.hf_name = ""
-    c.hf_config = ""              # e.g. '20220301.en' for wikipedia; '' = none
+    c.hf_config = ""              # e.g. '20231101.en' for wikimedia/wikipedia; '' = none
     c.hf_split = "train"
     c.hf_data_files = None        # str, list or dict of local files / globs for the file builders
     c.hf_text_field = "text"
