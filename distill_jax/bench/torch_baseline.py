@@ -125,7 +125,9 @@ def gather_rows(h_bsd: torch.Tensor, positions_bp: torch.Tensor) -> torch.Tensor
 class TorchDistillStep:
     """One optimizer step of the case's objective; call with a dict of int64 CPU tensors."""
 
-    def __init__(self, case: Case, *, compile: bool = False, lr: float = 1e-4, seed: int = 0):
+    def __init__(self, case: Case, *, compile: bool = False, lr: float = 1e-4, seed: int = 0,
+                 student_dir: str | None = None):
+        """student_dir: start the student from this HF checkpoint (tests: the JAX student's export)."""
         torch.manual_seed(seed)
         self.case = case
         with_head = case.objective == "od"
@@ -133,7 +135,8 @@ class TorchDistillStep:
                                    checkpoint_dir=case.teacher_dir).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.student = build_model(case.student_shape, with_mlm_head=with_head).train()
+        self.student = build_model(case.student_shape, with_mlm_head=with_head,
+                                   checkpoint_dir=student_dir).train()
         self.projections = None
         params = list(self.student.parameters())
         if case.objective == "hs" and case.student_shape.hidden_size != case.teacher_shape.hidden_size:
@@ -170,9 +173,13 @@ class TorchDistillStep:
             s_logits = self.student.cls(gather_rows(s_out.last_hidden_state, mlm_positions))
             return od_kl(s_logits, t_logits, mlm_weights)
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The objective's value on `batch` (with the autograd graph of the student side)."""
         keys = ("input_ids", "attention_mask", "token_type_ids", "mlm_positions", "mlm_weights")
-        loss = self.loss_fn(**{k: batch[k] for k in keys if k in batch})
+        return self.loss_fn(**{k: batch[k] for k in keys if k in batch})
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.loss(batch)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
