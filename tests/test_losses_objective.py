@@ -113,6 +113,24 @@ def test_what_the_training_step_must_request():
 
 # ---- composition -------------------------------------------------------------------------------
 
+def expected_terms(aux, student, teacher, batch, ws, wt):
+    """The same terms from the single functions, with the layers the config names resolved by hand."""
+    mask = batch["attention_mask"]
+    s_logits = gather_positions(student.hidden_states[-1] @ ws, batch["mlm_positions"])
+    t_logits = gather_positions(teacher.hidden_states[-1] @ wt, batch["mlm_positions"])
+    return {
+        "od": od_loss(s_logits, t_logits, batch["mlm_weights"], 2.0),
+        "mlm": mlm_ce_loss(s_logits, batch["mlm_ids"], batch["mlm_weights"]),
+        "hs": hs_loss(student.hidden_states, teacher.hidden_states, ((1, (2, 4)), (2, (4,))), mask,
+                      projections=aux["hs"], loss="cosine"),
+        "minilmv2": minilmv2_loss([student.queries[1], student.keys[1], student.values[1]],
+                                  [teacher.queries[2], teacher.keys[2], teacher.values[2]], mask, 4,
+                                  (1.0, 1.0, 0.5))[0],
+        "tinybert_attention": tinybert_attention_loss(student.attention_scores, teacher.attention_scores,
+                                                      ((1, (2,)), (2, (4,))), mask),
+    }
+
+
 def test_objective_is_the_weighted_sum_of_the_single_functions():
     rng = np.random.default_rng(0)
     b, s, p = 3, 8, 3
@@ -127,20 +145,7 @@ def test_objective_is_the_weighted_sum_of_the_single_functions():
     aux = objective.init_params(jax.random.key(3))
     loss, terms = jax.jit(lambda a, so, to, bt: objective(a, so, to, bt, lambda h: h @ ws, lambda h: h @ wt))(
         aux, student, teacher, batch)
-    mask = batch["attention_mask"]
-    s_logits = gather_positions(student.hidden_states[-1] @ ws, batch["mlm_positions"])
-    t_logits = gather_positions(teacher.hidden_states[-1] @ wt, batch["mlm_positions"])
-    expected = {
-        "od": od_loss(s_logits, t_logits, batch["mlm_weights"], 2.0),
-        "mlm": mlm_ce_loss(s_logits, batch["mlm_ids"], batch["mlm_weights"]),
-        "hs": hs_loss(student.hidden_states, teacher.hidden_states, ((1, (2, 4)), (2, (4,))), mask,
-                      projections=aux["hs"], loss="cosine"),
-        "minilmv2": minilmv2_loss([student.queries[1], student.keys[1], student.values[1]],
-                                  [teacher.queries[2], teacher.keys[2], teacher.values[2]], mask, 4,
-                                  (1.0, 1.0, 0.5))[0],
-        "tinybert_attention": tinybert_attention_loss(student.attention_scores, teacher.attention_scores,
-                                                      ((1, (2,)), (2, (4,))), mask),
-    }
+    expected = jax.jit(expected_terms)(aux, student, teacher, batch, ws, wt)
     for name, value in expected.items():
         np.testing.assert_allclose(float(terms[name]), float(value), rtol=1e-5, err_msg=name)
     assert {"minilmv2/qq", "minilmv2/kk", "minilmv2/vv"} <= set(terms)
@@ -148,7 +153,7 @@ def test_objective_is_the_weighted_sum_of_the_single_functions():
     np.testing.assert_allclose(float(loss), weighted, rtol=1e-5)
     # Precomputed full logits (no heads passed) give the same od / mlm values.
     with_logits = lambda o, w: o._replace(mlm_logits=o.hidden_states[-1] @ w)
-    _, terms_from_logits = objective(aux, with_logits(student, ws), with_logits(teacher, wt), batch)
+    _, terms_from_logits = jax.jit(objective)(aux, with_logits(student, ws), with_logits(teacher, wt), batch)
     for name in ("od", "mlm"):
         np.testing.assert_allclose(float(terms_from_logits[name]), float(terms[name]), rtol=1e-5)
 
@@ -161,7 +166,8 @@ def test_od_positions_all_uses_every_non_pad_token():
     ws, wt = (jnp.asarray(rng.normal(size=(d, V)), jnp.float32) for d in (16, 24))
     objective = build_objective({"od": {"weight": 1.0, "positions": "all", "chunk_size": 4},
                                  "mlm": {"weight": 1.0}}, STUDENT, TEACHER)
-    _, terms = objective({}, student, teacher, batch, lambda h: h @ ws, lambda h: h @ wt)
+    _, terms = jax.jit(lambda so, to: objective({}, so, to, batch, lambda h: h @ ws, lambda h: h @ wt))(
+        student, teacher)
     s_logits, t_logits = student.hidden_states[-1] @ ws, teacher.hidden_states[-1] @ wt
     np.testing.assert_allclose(float(terms["od"]), float(od_loss(s_logits, t_logits, batch["attention_mask"])),
                                rtol=1e-5)

@@ -4,7 +4,7 @@ inputs with padding (a full row, a suffix-padded row, a row with holes), float32
 Tolerances: the references run in float64 on exactly the values the function received (bf16
 inputs are rounded first, then compared), so any gap is the function's own arithmetic. Float32
 math must then agree to rtol 2e-5 / atol 2e-6 for both input dtypes; bf16 arithmetic would miss
-this by orders of magnitude (bf16 has 8 mantissa bits, ~4e-3 relative).
+this by far (measured: computing od_loss or relation_kl_loss in bf16 is off by ~1.5e-3 relative).
 """
 
 import numpy as np
