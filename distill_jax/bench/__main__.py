@@ -44,6 +44,8 @@ def parse_args(argv):
     p.add_argument("--vocab", type=int, default=30522, help="vocabulary of LxW random teachers")
     p.add_argument("--torch", default="eager,compile",
                    help="PyTorch variants: eager, compile, both comma-separated, or none")
+    p.add_argument("--step", default="project", choices=("project", "fallback"),
+                   help="JAX step: distill_jax.step (project) or the bench's own build (fallback)")
     p.add_argument("--no_data", action="store_true", help="skip the input pipeline's tokens/s")
     p.add_argument("--data_max_documents", type=int, default=0,
                    help="builtin-corpus documents for the pipeline's tokens/s (0 = all)")
@@ -117,7 +119,7 @@ def run_case(case, args, peaks) -> dict:
     batch_np = synthetic_batch(case)
 
     print(f"  jax: building and compiling ({flops.total / 1e9:.1f} GFLOP/step analytic)", flush=True)
-    built = jax_step.build_step(case, batch_np)
+    built = jax_step.build_step(case, batch_np, step=args.step)
     compiled, compile_info = jax_step.compile_step(built)
     print(f"  jax: lower {compile_info['lower_s']:.1f} s, compile {compile_info['compile_s']:.1f} s, "
           f"peak {compile_info['memory'].get('peak_bytes', 0) / 2**20:.0f} MiB", flush=True)

@@ -1,11 +1,14 @@
 """The JAX side: build the project's distillation step for a Case, compile it ahead of time, time it.
 
 Models come from distill_jax.models (the real MiniLM-L6 teacher through load_pretrained, or a
-random teacher of the case's shape), the objective from distill_jax.losses.build_objective. The
-step itself is the training system's (distill_jax.step) when it provides one; until then
-`fallback_train_step` builds the same thing the design prescribes: teacher forward outside
-value_and_grad under stop_gradient, value_and_grad over the student's params and the objective's
-projections, optax AdamW, donated state. `StepTiming.step_source` records which one ran.
+random teacher of the case's shape), the objective from distill_jax.losses.build_objective, the
+optimizer from distill_jax.optim.make_optimizer (AdamW, BERT's decay mask, global-norm clipping
+at 1.0, as configs/common.py), and the step is the training system's own
+`distill_jax.step.make_train_step`, jitted with the state donated as train.py does (one device,
+so no shardings). `fallback_train_step` is the bench's own build of the same step (used only with
+step="fallback", e.g. to compare): teacher forward outside value_and_grad under stop_gradient,
+value_and_grad over the student and the objective's projections, optax AdamW.
+`BuiltStep.step_source` records which one ran.
 
 Dropout is off (both here and in the PyTorch baseline), so both sides do the same arithmetic.
 """
@@ -26,6 +29,9 @@ from flax import nnx
 from distill_jax.bench.cases import Case
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0)
+# configs/common.py's optimizer, with no warmup so every timed step does a full update.
+OPTIM = dict(learning_rate=1e-4, warmup_steps=0, end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-6,
+             weight_decay=0.01, grad_clip_norm=1.0)
 
 
 def objective_config(case: Case) -> dict:
@@ -92,32 +98,61 @@ def fallback_train_step(teacher_graph, student_graph, objective, tx: optax.Gradi
 
 @dataclasses.dataclass
 class BuiltStep:
-    step: Callable  # jitted step(state, batch) -> (state, metrics), state donated
+    step: Callable  # jitted step(state, *args) -> (state, metrics), state donated
     state: Any
-    batch: dict
+    args: tuple  # the other inputs after the state: (teacher_params, batch) or (batch,)
     step_source: str
 
 
-def build_step(case: Case, batch_np: dict[str, np.ndarray], *, seed: int = 0, lr: float = 1e-4,
-               device=None) -> BuiltStep:
-    """Models, objective, optimizer state and the jitted step, all placed on `device`."""
-    from distill_jax.losses import build_objective
+def _pure_params(model) -> tuple[Any, Any]:
+    """(graphdef, params as a pure dict), as train.py splits its models."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, nnx.to_pure_dict(params)
 
+
+def build_step(case: Case, batch_np: dict[str, np.ndarray], *, seed: int = 0, step: str = "project",
+               device=None) -> BuiltStep:
+    """Models, objective, optimizer state and the jitted step, all placed on `device`.
+
+    step: "project" (distill_jax.step.make_train_step, what train.py runs) or "fallback".
+    """
+    import ml_collections
+
+    from distill_jax.losses import build_objective
+    from distill_jax.optim import make_optimizer
+
+    if step not in ("project", "fallback"):
+        raise ValueError(f"--step={step!r}: use project or fallback")
     device = device or jax.devices()[0]
     teacher, student = build_models(case, seed)
     objective = build_objective(objective_config(case), student.cfg, teacher.cfg)
     aux = objective.init_params(jax.random.key(seed + 2))
+    batch = jax.device_put({k: jnp.asarray(v) for k, v in batch_np.items()}, device)
+    total_steps = 1_000_000
+    tx, lr_schedule = make_optimizer(ml_collections.ConfigDict(OPTIM), total_steps)
+    if step == "project":
+        from distill_jax import step as step_lib
+
+        t_graph, t_params = _pure_params(teacher)
+        s_graph, s_params = _pure_params(student)
+        params = {"student": s_params, "aux": aux}
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        fn = step_lib.make_train_step(
+            student_graphdef=s_graph, teacher_graphdef=t_graph, objective=objective, tx=tx,
+            lr_schedule=lr_schedule, seed=seed, output_attentions=objective.needs_attentions,
+            student_has_mlm_head=objective.needs_mlm_head,
+            teacher_has_mlm_head=objective.needs_teacher_mlm_head)
+        state, t_params = jax.device_put((state, t_params), device)
+        return BuiltStep(step=jax.jit(fn, donate_argnums=0), state=state, args=(t_params, batch),
+                         step_source="distill_jax.step.make_train_step")
     t_graph, t_state = nnx.split(teacher)
     s_graph, s_state = nnx.split(student)
-    tx = optax.adamw(lr, weight_decay=0.01)
     trainable = {"student": s_state, "aux": aux}
     state = {"teacher": t_state, "student": s_state, "aux": aux, "opt": tx.init(trainable)}
     state = jax.device_put(state, device)
-    batch = jax.device_put({k: jnp.asarray(v) for k, v in batch_np.items()}, device)
     fn = fallback_train_step(t_graph, s_graph, objective, tx, with_heads=case.objective == "od")
-    return BuiltStep(step=jax.jit(fn, donate_argnums=0), state=state, batch=batch,
-                     step_source="distill_jax.bench.jax_step.fallback_train_step "
-                                 "(distill_jax.step not available)")
+    return BuiltStep(step=jax.jit(fn, donate_argnums=0), state=state, args=(batch,),
+                     step_source="distill_jax.bench.jax_step.fallback_train_step")
 
 
 def memory_figures(compiled) -> dict:
@@ -142,7 +177,7 @@ def memory_figures(compiled) -> dict:
 def compile_step(built: BuiltStep) -> tuple[Any, dict]:
     """Ahead-of-time lower() and compile(), timed separately; memory and XLA's FLOP count."""
     t0 = time.perf_counter()
-    lowered = built.step.lower(built.state, built.batch)
+    lowered = built.step.lower(built.state, *built.args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -158,13 +193,13 @@ def time_compiled(compiled, built: BuiltStep, *, warmup: int, steps: int, progre
     state = built.state
     metrics = None
     for _ in range(warmup):
-        state, metrics = compiled(state, built.batch)
+        state, metrics = compiled(state, *built.args)
     if metrics is not None:
         jax.block_until_ready(metrics["loss"])
     times = []
     for i in range(steps):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, built.batch)
+        state, metrics = compiled(state, *built.args)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - t0)
         if progress:

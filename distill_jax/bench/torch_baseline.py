@@ -2,7 +2,8 @@
 
 HF `BertModel` / `BertForMaskedLM` (SDPA attention, no pooler, dropout off as in the JAX bench)
 of the case's shapes; the teacher frozen under `torch.no_grad()`; the student and the objective's
-own parameters (HS projections) updated by `torch.optim.AdamW`. Objectives, as in distill_jax.losses:
+own parameters (HS projections) updated by `torch.optim.AdamW` (decay on matrices only) after
+global-norm clipping at 1.0, as the JAX side. Objectives, as in distill_jax.losses:
 
   minilmv2  Q-Q, K-K, V-V relation KL(teacher || student) between the last layers; Q/K/V are
             captured by forward hooks on each self-attention's query/key/value nn.Linear (HF
@@ -147,7 +148,13 @@ class TorchDistillStep:
         if case.objective == "minilmv2":
             self.t_qkv = QKVCapture(self.teacher, case.teacher_shape.num_layers - 1)
             self.s_qkv = QKVCapture(self.student, case.student_shape.num_layers - 1)
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        # The JAX side's optimizer (distill_jax.optim, configs/common.py): AdamW eps 1e-6, decay
+        # 0.01 on matrices only (not biases/LayerNorm), global-norm clipping at 1.0.
+        self.params = params
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6)
+        self.clip_norm = 1.0
         self.autocast = case.dtype == "bfloat16"
         self.loss_fn = torch.compile(self._loss) if compile else self._loss
 
@@ -181,6 +188,7 @@ class TorchDistillStep:
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.loss(batch)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
