@@ -13,8 +13,8 @@ import torch
 import transformers
 from flax import nnx
 
-from distill_jax.models import (Encoder, EncoderConfig, SequenceClassifier, export_pretrained, load_pretrained,
-                                make_student, resolve_model_dir)
+from distill_jax.models import (EncoderConfig, SequenceClassifier, export_pretrained, load_pretrained,
+                                load_sequence_classifier, make_student, resolve_model_dir)
 
 TOL = 1e-4
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
@@ -272,6 +272,14 @@ def test_sequence_classifier_matches_hf_after_export(family, num_labels, tmp_pat
     logits = clf(ids, mask, types)
     assert logits.shape == (3, num_labels) and logits.dtype == jnp.float32
     assert max_abs(logits, ref) < TOL
+    back, cfg, report = load_sequence_classifier(out_dir)
+    assert back.num_labels == num_labels and not report.unexpected
+    # RobertaForSequenceClassification has no pooler (HF drops it), so our unused pooler is reported missing
+    assert report.missing == ([] if family == "bert" else ["pooler.dense.weight", "pooler.dense.bias"])
+    np.testing.assert_allclose(back(ids, mask, types), logits, atol=1e-6)
+    with pytest.raises(ValueError) as exc:
+        load_sequence_classifier(out_dir, num_labels=num_labels + 1)
+    assert_one_line(exc, str(out_dir), f"num_labels={num_labels + 1}", "SequenceClassifier(")
     # dropout on: different from deterministic, same for the same key
     a = clf(ids, mask, types, dropout_rng=jax.random.key(0))
     b = clf(ids, mask, types, dropout_rng=jax.random.key(0))

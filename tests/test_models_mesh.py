@@ -130,7 +130,7 @@ def test_created_sharded_on_fsdp_tensor_mesh_and_forward_matches_unsharded():
 
 
 def test_load_pretrained_onto_mesh(tmp_path):
-    from distill_jax.models import export_pretrained, load_pretrained
+    from distill_jax.models import export_pretrained, load_pretrained, load_sequence_classifier
     plain = Encoder(CFG, rngs=nnx.Rngs(4))
     export_pretrained(plain, tmp_path)
     mesh = make_mesh(data=-1, fsdp=2, tensor=2)
@@ -139,6 +139,9 @@ def test_load_pretrained_onto_mesh(tmp_path):
     q = model.layers[1].attention.query.kernel.get_value()
     assert q.sharding.spec == P("fsdp", "tensor")
     np.testing.assert_array_equal(q, plain.layers[1].attention.query.kernel.get_value())
+    clf, _, _ = load_sequence_classifier(tmp_path, num_labels=3, mesh=mesh)
+    assert clf.head.out_proj.kernel.get_value().sharding.spec == P("fsdp", None)
+    assert clf.encoder.layers[0].ffn_out.kernel.get_value().sharding.spec == P("tensor", "fsdp")
 
 
 def test_bad_config_values_fail_with_field_name():
@@ -146,6 +149,8 @@ def test_bad_config_values_fail_with_field_name():
         CFG.replace(num_heads=5)
     with pytest.raises(ValueError, match="family='gpt2'"):
         CFG.replace(family="gpt2")
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        CFG.replace(attention_impl="flash")
     with pytest.raises(ValueError, match="dtype='int32'"):
         CFG.replace(dtype="int32")
     with pytest.raises(ValueError, match="exceeds the position table"):

@@ -54,6 +54,9 @@ class EncoderConfig:
     eos_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # jax.nn.dot_product_attention(implementation=...): None/'xla' everywhere; 'cudnn' = cuDNN fused
+    # attention on NVIDIA GPUs (bf16/fp16 compute only; not exercised by CI, which has no GPU).
+    attention_impl: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -67,6 +70,8 @@ class EncoderConfig:
                              "pick num_heads that divides the width")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act={self.hidden_act!r} unsupported; use one of {', '.join(ACTIVATIONS)}")
+        if self.attention_impl not in (None, "xla", "cudnn"):
+            raise ValueError(f"attention_impl={self.attention_impl!r} unsupported; use None, 'xla' or 'cudnn'")
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype, "dtype"))
         object.__setattr__(self, "param_dtype", canonical_dtype(self.param_dtype, "param_dtype"))
 

@@ -107,7 +107,8 @@ class SelfAttention(nnx.Module):
                 scores, probs = scores_bhst, probs_bhst
         else:
             # Fused path: lets GPUs/TPUs use flash-style kernels; nothing [S,S]-sized is returned.
-            ctx_bshk = jax.nn.dot_product_attention(q_bshk, k_bshk, v_bshk, mask=key_mask_b11s, scale=scale)
+            ctx_bshk = jax.nn.dot_product_attention(q_bshk, k_bshk, v_bshk, mask=key_mask_b11s, scale=scale,
+                                                    implementation=cfg.attention_impl)
         ctx_bsd = self.out(ctx_bshk.reshape(b, s, cfg.hidden_size))
         return ctx_bsd, q_bsd, k_bsd, v_bsd, scores, probs
 

@@ -243,6 +243,14 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = "float32", 
     parameters are created already sharded per `rules`. config_overrides replace EncoderConfig
     fields (e.g. hidden_dropout=0.0). Returns (model, cfg, report).
     """
+    model, cfg, report, _ = _load_encoder(name_or_path, dtype=dtype, param_dtype=param_dtype,
+                                          with_mlm_head=with_mlm_head, rngs=rngs, mesh=mesh, rules=rules,
+                                          config_overrides=config_overrides)
+    log.info("%s", report)
+    return model, cfg, report
+
+
+def _load_encoder(name_or_path, *, dtype, param_dtype, with_mlm_head, rngs, mesh, rules, config_overrides):
     model_dir = resolve_model_dir(name_or_path)
     hf_cfg = read_hf_config(model_dir)
     cfg = EncoderConfig.from_hf_dict(hf_cfg, source=str(model_dir / "config.json"), dtype=dtype,
@@ -251,6 +259,7 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = "float32", 
     head_prefix = mlm_head_prefix(cfg.family)
     has_head = any(k.startswith(head_prefix) and k not in TIED_NAMES[cfg.family] for k in tensors)
     cfg = cfg.replace(with_mlm_head=has_head if with_mlm_head is None else bool(with_mlm_head))
+    _check_tied_decoder(tensors, cfg, model_dir)
 
     seed = (rngs if rngs is not None else nnx.Rngs(0)).params()  # a key: the constructor below is pure
     make_model = lambda: Encoder(cfg, rngs=nnx.Rngs(params=seed))  # noqa: E731
@@ -271,10 +280,46 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = "float32", 
     known = {tn.hf for tn in names}
     ignored = [k for k in tensors if k in BUFFER_NAMES or k in TIED_NAMES[cfg.family]]
     unexpected = sorted(k for k in tensors if k not in known and k not in ignored)
-    _check_tied_decoder(tensors, cfg, model_dir)
-    report = LoadReport(str(model_dir), loaded, missing, unexpected, ignored)
+    return model, cfg, LoadReport(str(model_dir), loaded, missing, unexpected, ignored), tensors
+
+
+def load_sequence_classifier(name_or_path: str | os.PathLike, num_labels: int | None = None, *,
+                             dtype: Any = "float32", param_dtype: Any = "float32", rngs: nnx.Rngs | None = None,
+                             mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+                             **config_overrides) -> tuple[SequenceClassifier, EncoderConfig, LoadReport]:
+    """A SequenceClassifier from an HF checkpoint: the encoder (and BERT pooler) as load_pretrained,
+    the head from a *ForSequenceClassification checkpoint when present, freshly initialised (and
+    reported missing) otherwise. num_labels None = the checkpoint's config (num_labels / id2label)."""
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    encoder, cfg, report, tensors = _load_encoder(
+        name_or_path, dtype=dtype, param_dtype=param_dtype, with_mlm_head=False, rngs=rngs, mesh=mesh, rules=rules,
+        config_overrides=config_overrides)
+    if num_labels is None:
+        hf_cfg = read_hf_config(Path(report.model_dir))
+        num_labels = hf_cfg.get("num_labels") or len(hf_cfg.get("id2label") or {}) or None
+        if num_labels is None:
+            raise ValueError(f"{report.model_dir}/config.json gives no num_labels; pass num_labels=<classes> "
+                             "(1 for regression)")
+    clf = SequenceClassifier(encoder, int(num_labels), rngs=rngs)
+    if mesh is not None:
+        state = nnx.state(clf)
+        nnx.update(clf, jax.device_put(state, state_shardings(state, mesh, rules)))
+    head_names = classifier_tensor_names(cfg.family)
+    out_weight = head_names[-2].hf  # classifier.weight / classifier.out_proj.weight: [num_labels, D]
+    if out_weight in tensors and tensors[out_weight].shape[0] != num_labels:
+        raise ValueError(f"{report.model_dir}: the checkpoint's head has {tensors[out_weight].shape[0]} labels but "
+                         f"num_labels={num_labels}; for a new head use load_pretrained and "
+                         "SequenceClassifier(encoder, num_labels, rngs=...)")
+    loaded, missing = assign_tensors(clf, head_names, tensors, source=report.model_dir,
+                                     param_dtype=cfg.param_dtype)
+    if mesh is not None and loaded:  # assign_tensors placed loaded head tensors on the default device
+        state = nnx.state(clf)
+        nnx.update(clf, jax.device_put(state, state_shardings(state, mesh, rules)))
+    report.loaded += loaded
+    report.missing += missing
+    report.unexpected = [k for k in report.unexpected if k not in set(loaded)]
     log.info("%s", report)
-    return model, cfg, report
+    return clf, cfg, report
 
 
 def _check_tied_decoder(tensors, cfg: EncoderConfig, model_dir: Path) -> None:
