@@ -1,0 +1,236 @@
+"""The GLUE driver: models x tasks x learning rates x seeds -> runs -> summaries -> table + chart.
+
+`run_from_config(config, workdir)` is what `main.py` calls for `config.mode == 'glue'`. Each run's
+result is written to <out>/runs/<model>__<task>__lr<lr>__seed<seed>.json as soon as it ends, and
+a later call with the same recipe reuses it, so a killed comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+
+import jax
+
+from distill_jax import sharding as shd
+from distill_jax.evaluate import data as data_lib
+from distill_jax.evaluate import encode, finetune, model_io, report
+from distill_jax.evaluate.tasks import get_task
+
+# Recipe fields that change a run's result; they fingerprint a saved run for reuse.
+_RECIPE_FIELDS = ("epochs", "batch_size", "max_len", "pad_multiple", "group_by_length", "warmup_ratio",
+                  "weight_decay", "adam_b1", "adam_b2", "adam_eps", "grad_clip_norm")
+
+
+def split_list(value) -> list[str]:
+    """'a+b' / 'a,b' / ('a', 'b') -> ['a', 'b'] (empty entries dropped)."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        items = re.split(r"[+]", str(value))
+    return [s.strip() for s in items if s.strip()]
+
+
+def _log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def model_specs(config) -> list[tuple[str, str | None]]:
+    """(spec, label or None) for every row: the given models, then the references (teacher and a
+    random-init model of each distinct given shape) when config.add_references is on."""
+    models = split_list(config.models)
+    labels = split_list(config.get("model_labels", ""))
+    if labels and len(labels) != len(models):
+        raise ValueError(f"config.model_labels has {len(labels)} names for {len(models)} models; give one per model")
+    if not models and not config.add_references:
+        raise ValueError("config.models is empty: set model=<dir> (or models=<dir1>+<dir2>), or refs=1 for the "
+                         "teacher and its random-init reference")
+    specs = list(zip(models, labels or [None] * len(models)))
+    if config.add_references:
+        if config.teacher and config.teacher not in models:
+            specs.append((config.teacher, None))
+        for spec in [s for s, _ in specs]:
+            random_init, name = model_io.split_spec(spec)
+            if not random_init and f"random:{name}" not in [s for s, _ in specs]:
+                specs.append((f"random:{name}", None))
+    return specs
+
+
+def _dedupe_random_shapes(loaded: list[model_io.GlueModel]) -> list[model_io.GlueModel]:
+    """Drops random-init references whose shape another random reference already covers."""
+    seen, kept = set(), []
+    for m in loaded:
+        if m.random_init:
+            if m.shape in seen:
+                continue
+            seen.add(m.shape)
+        kept.append(m)
+    return kept
+
+
+def _task_caps(config, task: str) -> int:
+    per_task = config.get("max_train_per_task") or {}
+    cap = int(per_task.get(task, 0) or 0)
+    return cap if cap > 0 else int(config.max_train_examples)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:80]
+
+
+def _fingerprint(config, model: model_io.GlueModel, task: str, train_rows: int, lr: float, seed: int) -> str:
+    recipe = {k: config.finetune[k] for k in _RECIPE_FIELDS}
+    key = json.dumps({"recipe": recipe, "model": model.spec, "task": task, "train_rows": train_rows,
+                      "lr": lr, "seed": seed, "source": config.data.source,
+                      "subsample_seed": config.subsample_seed}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _load_run(path: str, fingerprint: str) -> dict | None:
+    """A saved run with this fingerprint (same model, task, recipe, rows, lr, seed), else None."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    return saved if saved.get("fingerprint") == fingerprint else None
+
+
+def _recipe_notes(config, task_names, train_info, source_desc) -> str:
+    ft = config.finetune
+    lines = [f"Dev-set scores in percent: median over seeds {list(config.seeds)} of each run's best epoch, at the "
+             f"learning rate (of {list(config.learning_rates)}) with the best median; (min–max) over seeds when "
+             f"there are several. Recipe: AdamW (wd {ft.weight_decay}, no decay on LayerNorm/bias), linear warmup "
+             f"{ft.warmup_ratio:.0%} then linear decay, clip {ft.grad_clip_norm}, {ft.epochs} epochs, batch "
+             f"{ft.batch_size}, max length {ft.max_len}. Data: {source_desc}.", ""]
+    for task in task_names:
+        used, total = train_info[task]
+        spec = get_task(task)
+        capped = f" — **capped** at {used} of {total} training rows" if used < total else ""
+        lines.append(f"- {spec.display}: {used} training rows{capped}; dev rows "
+                     f"{', '.join(str(n) for n in train_info[task + ':dev'])}")
+    lines.append("- 'majority class': always predicting the most frequent training label (chance level).")
+    return "\n".join(lines) + "\n"
+
+
+def run_from_config(config, workdir: str) -> dict:
+    """Fine-tunes every model on every task of the config and writes the comparison table.
+
+    Returns the payload written to <out>/<table_name>.json: recipe, summaries and runs.
+    """
+    task_names = [get_task(t).name for t in split_list(config.tasks)]
+    if not task_names:
+        raise ValueError("config.tasks is empty: set task=rte (or tasks=rte+mrpc)")
+    out_dir = config.get("output_dir") or workdir
+    if not out_dir:
+        raise ValueError("no output folder: pass --workdir=<dir> or set config.output_dir")
+    runs_dir = os.path.join(out_dir, "runs")
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        os.makedirs(runs_dir, exist_ok=True)
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    _log(f"[glue] tasks {task_names}; mesh {dict(mesh.shape)}; lrs {list(config.learning_rates)}; "
+         f"seeds {list(config.seeds)}; out {out_dir}")
+
+    # Phase 1: load every model first, so a bad path fails before any data is read or step compiled.
+    loaded = []
+    for spec, label in model_specs(config):
+        _log(f"[glue] loading {spec}")
+        loaded.append(model_io.load_glue_model(spec, dtype=config.dtype, param_dtype=config.param_dtype,
+                                               label=label))
+    loaded = _dedupe_random_shapes(loaded)
+
+    # Phase 2: read each task once (text is tokenizer-independent).
+    examples = {}
+    train_info = {}
+    train_labels_full = {}
+    for task in task_names:
+        spec = get_task(task)
+        train_full = data_lib.read_split(spec, "train", config.data)
+        train = data_lib.subsample(train_full, _task_caps(config, task), int(config.subsample_seed))
+        dev = {s: data_lib.read_split(spec, s, config.data) for s, _ in spec.dev_splits}
+        examples[task] = (train, dev)
+        train_labels_full[task] = train_full.labels
+        train_info[task] = (len(train), len(train_full))
+        train_info[task + ":dev"] = [len(d) for d in dev.values()]
+        _log(f"[glue] {task}: {len(train)} / {len(train_full)} train rows, dev " +
+             ", ".join(f"{k} {len(v)}" for k, v in dev.items()))
+
+    # Phase 3: fine-tune, task-major so that a cut-short comparison still has every model on the
+    # first tasks. Models with equal EncoderConfigs (a checkpoint and its random-init twin) share
+    # compiled steps.
+    tokenizers = {}
+    for model in loaded:
+        tokenizers[model.spec] = encode.load_tokenizer(model.model_dir)
+        model_io.check_tokenizer(model, tokenizers[model.spec])
+    steps_cache: dict = {}
+    all_runs: list[dict] = []
+    summaries: dict = {}
+    report_only = bool(config.get("report_only", False))
+    for task in task_names:
+        spec = get_task(task)
+        train_ex, dev_ex = examples[task]
+        for model in loaded:
+            tokenizer = tokenizers[model.spec]
+            train = encode.encode_examples(tokenizer, train_ex, int(config.finetune.max_len))
+            dev = {s: encode.encode_examples(tokenizer, d, int(config.finetune.max_len)) for s, d in dev_ex.items()}
+            pair_runs = []
+            for lr in config.learning_rates:
+                for seed in config.seeds:
+                    fp = _fingerprint(config, model, task, len(train), float(lr), int(seed))
+                    path = os.path.join(runs_dir, f"{_slug(model.label)}__{task}__lr{float(lr):g}__seed{seed}.json")
+                    saved = _load_run(path, fp)
+                    if saved is not None:
+                        _log(f"[glue] reusing {path}")
+                        pair_runs.append(saved)
+                        continue
+                    if report_only:
+                        continue
+                    result = finetune.finetune(
+                        lambda s, m=model, k=spec.num_labels: m.make_classifier(k, s), model_io.forward, spec,
+                        train, dev, config.finetune, float(lr), int(seed), mesh, model_label=model.label,
+                        steps_cache=steps_cache, cache_key=model.cfg, log=_log)
+                    record = result.to_json() | {"fingerprint": fp, "model_spec": model.spec}
+                    pair_runs.append(record)
+                    if is_writer:
+                        with open(path, "w") as f:
+                            json.dump(record, f, indent=1)
+            if not pair_runs:
+                _log(f"[glue] {model.label} {task}: no finished runs (report_only), left out of the table")
+                continue
+            summary = report.summarise_runs(pair_runs)
+            summaries[(model.label, task)] = summary
+            all_runs.extend(pair_runs)
+            _log(f"[glue] {model.label} {task}: score {100 * summary['median_score']:.1f} "
+                 f"(seeds {summary['n_seeds']}, best lr {summary['best_lr']:g}, {summary['seconds']:.0f} s)")
+
+    row_names = [m.label for m in loaded]
+    for task in task_names:
+        spec = get_task(task)
+        train_ex, dev_ex = examples[task]
+        summaries[("majority class", task)] = report.majority_baseline(
+            spec, train_labels_full[task], {s: d.labels for s, d in dev_ex.items()})
+    row_names.append("majority class")
+
+    source_desc = {"tsv": f"glue_data TSV files ({config.data.glue_dir})", "hf": f"HF datasets {config.data.hf_path}",
+                   "tfds": "tensorflow-datasets glue/*"}.get(config.data.source, config.data.source)
+    notes = _recipe_notes(config, task_names, train_info, source_desc)
+    payload = {
+        "recipe": config.finetune.to_dict(), "learning_rates": list(config.learning_rates),
+        "seeds": list(config.seeds), "tasks": task_names, "data_source": source_desc,
+        "train_rows": {t: {"used": train_info[t][0], "total": train_info[t][1]} for t in task_names},
+        "models": [{"label": m.label, "spec": m.spec, "random_init": m.random_init, "shape": m.shape}
+                   for m in loaded],
+        "summaries": [v | {"row": k[0]} for k, v in summaries.items()],
+        "runs": all_runs,
+    }
+    if is_writer:
+        paths = report.write_outputs(out_dir, config.table_name, task_names, row_names, summaries, notes, payload,
+                                     chart_title=config.get("chart_title", ""))
+        _log("[glue] wrote " + ", ".join(paths.values()))
+        _log(report.markdown_table(task_names, row_names, summaries))
+    sys.stdout.flush()
+    return payload
