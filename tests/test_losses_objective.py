@@ -56,6 +56,8 @@ def batch_of(rng, b, s, p):
      "objective.minilmv2.teacher_layer=5: out of range.*4 layers"),
     ({"minilmv2": {"weight": 1.0, "relation_heads": 4, "teacher_layer": 0}}, STUDENT, TEACHER, "teacher_layer=0"),
     ({"minilmv2": {"weight": 1.0, "relation_heads": 4, "student_layer": -3}}, STUDENT, TEACHER, "student_layer=-3"),
+    ({"minilmv2": {"weight": 1.0, "relation_heads": 8, "heads_per_chunk": 3}}, STUDENT, TEACHER,
+     "objective.minilmv2.heads_per_chunk=3: must be 0 .*or a divisor of relation_heads=8"),
     ({"minilmv2": {"weight": 1.0, "relation_heads": 4, "qq": 0, "kk": 0, "vv": 0}}, STUDENT, TEACHER,
      "all of qq, kk, vv are 0"),
     ({"minilm": {"weight": 1.0}}, STUDENT, {**TEACHER, "num_heads": 4}, "objective.minilm .*equal head counts"),
@@ -173,6 +175,13 @@ def test_od_positions_all_uses_every_non_pad_token():
                                rtol=1e-5)
     np.testing.assert_allclose(float(terms["mlm"]), float(mlm_ce_loss(
         gather_positions(s_logits, batch["mlm_positions"]), batch["mlm_ids"], batch["mlm_weights"])), rtol=1e-5)
+
+
+def test_missing_aux_params_is_a_clear_error():
+    rng = np.random.default_rng(2)
+    objective = build_objective({"hs": {"weight": 1.0}}, STUDENT, TEACHER)
+    with pytest.raises(ValueError, match=r"aux_params has no hs projections; pass objective.init_params\(rng\)"):
+        objective({}, outputs(rng, STUDENT, 2, 4), outputs(rng, TEACHER, 2, 4), batch_of(rng, 2, 4, 2))
 
 
 def test_missing_mlm_heads_is_a_clear_error():

@@ -86,6 +86,19 @@ def test_relation_kl_each_model_splits_its_own_width(dtype, relation_heads):
     close(out, ref_relation_kl(xs_np, xt_np, MASK, relation_heads))
 
 
+@pytest.mark.parametrize("heads_per_chunk", [2, 3])
+def test_relation_kl_chunked_over_heads_is_the_same(heads_per_chunk):
+    rng = np.random.default_rng(9)
+    xs, xs_np = cast(rng.normal(size=(B, S, 24)) * 2, jnp.float32)
+    xt, xt_np = cast(rng.normal(size=(B, S, 36)) * 2, jnp.float32)
+    loss = jax.jit(jax.value_and_grad(relation_kl_loss), static_argnums=3, static_argnames="heads_per_chunk")
+    value, grad = loss(xs, xt, MASK, 6, heads_per_chunk=heads_per_chunk)
+    close(value, ref_relation_kl(xs_np, xt_np, MASK, 6))
+    whole_value, whole_grad = loss(xs, xt, MASK, 6)
+    close(value, float(whole_value))
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(whole_grad), rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
 def test_minilmv2_weighted_sum_of_qq_kk_vv(dtype):
     rng = np.random.default_rng(4)

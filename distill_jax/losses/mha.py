@@ -42,9 +42,7 @@ def relation_log_probs(x_bsw: jax.Array, mask_bs: jax.Array, num_relation_heads:
     The width W is split into R heads of d_r = W / R; padded keys get -1e30 before the softmax.
     """
     b, s, w = x_bsw.shape
-    if w % num_relation_heads:
-        raise ValueError(f"relation heads {num_relation_heads} do not divide the width {w}; "
-                         f"choose a number of relation heads that divides every model's width")
+    check_relation_heads(w, num_relation_heads)
     d_r = w // num_relation_heads
     x = _zero_padding(x_bsw, mask_bs).reshape(b, s, num_relation_heads, d_r)
     scores = jnp.einsum("bqrd,bkrd->brqk", x, x, precision=PRECISION) / math.sqrt(d_r)
@@ -52,38 +50,73 @@ def relation_log_probs(x_bsw: jax.Array, mask_bs: jax.Array, num_relation_heads:
     return jax.nn.log_softmax(jnp.where(key_valid, scores, MASK_VALUE), axis=-1)
 
 
-def _kl_rows_mean(logp_t: jax.Array, logp_s: jax.Array, mask_bs: jax.Array) -> jax.Array:
-    """sum_k p_t (log p_t - log p_s) over valid keys, averaged over heads and valid query rows."""
+def _kl_rows_sum(logp_t: jax.Array, logp_s: jax.Array, mask_bs: jax.Array) -> jax.Array:
+    """sum_k p_t (log p_t - log p_s) over valid keys, summed over heads and valid query rows."""
     m = as_mask(mask_bs)
     key_valid = (m > 0)[:, None, None, :]
     terms = jnp.where(key_valid, jnp.exp(logp_t) * (logp_t - logp_s), 0.0)
-    kl_bhq = jnp.sum(terms, axis=-1)
+    return jnp.sum(jnp.sum(terms, axis=-1) * m[:, None, :])
+
+
+def _kl_rows_mean(logp_t: jax.Array, logp_s: jax.Array, mask_bs: jax.Array) -> jax.Array:
+    """The KL per (head, valid query row), averaged over heads and valid query rows."""
     num_heads = logp_t.shape[1]
-    return safe_divide(jnp.sum(kl_bhq * m[:, None, :]), num_heads * jnp.sum(m))
+    return safe_divide(_kl_rows_sum(logp_t, logp_s, mask_bs), num_heads * jnp.sum(as_mask(mask_bs)))
+
+
+def check_relation_heads(width: int, num_relation_heads: int, heads_per_chunk: int | None = None) -> None:
+    if width % num_relation_heads:
+        raise ValueError(f"relation heads {num_relation_heads} do not divide the width {width}; "
+                         f"choose a number of relation heads that divides every model's width")
+    if heads_per_chunk and num_relation_heads % heads_per_chunk:
+        raise ValueError(f"heads_per_chunk={heads_per_chunk} does not divide the {num_relation_heads} relation "
+                         f"heads; use a divisor of {num_relation_heads} (or 0 for all heads at once)")
 
 
 def relation_kl_loss(student_x: jax.Array, teacher_x: jax.Array, mask: jax.Array,
-                     num_relation_heads: int) -> jax.Array:
+                     num_relation_heads: int, *, heads_per_chunk: int | None = None) -> jax.Array:
     """MiniLMv2 self-attention-relation KL(teacher || student), float32 scalar.
 
     Args:
       student_x: [B, S, W_s]; teacher_x: [B, S, W_t] (queries, keys or values, heads concatenated).
       mask: [B, S] 1 = real token.
       num_relation_heads: R; must divide both W_s and W_t (each model splits its own width).
+      heads_per_chunk: None/0 = all R heads at once (two [B, R, S, S] float32 relation tensors);
+        c > 0 = c heads at a time inside lax.map, recomputed in the backward pass, so only
+        [B, c, S, S] is live (for long sequences and many relation heads). Same value either way.
     """
-    logp_s = relation_log_probs(student_x, mask, num_relation_heads)
-    logp_t = relation_log_probs(jax.lax.stop_gradient(teacher_x), mask, num_relation_heads)
-    return _kl_rows_mean(logp_t, logp_s, mask)
+    for x in (student_x, teacher_x):
+        check_relation_heads(x.shape[-1], num_relation_heads, heads_per_chunk)
+    teacher_x = jax.lax.stop_gradient(teacher_x)
+    if not heads_per_chunk or heads_per_chunk >= num_relation_heads:
+        logp_s = relation_log_probs(student_x, mask, num_relation_heads)
+        logp_t = relation_log_probs(teacher_x, mask, num_relation_heads)
+        return _kl_rows_mean(logp_t, logp_s, mask)
+    num_chunks = num_relation_heads // heads_per_chunk
+
+    def groups(x_bsw):  # [B, S, W] -> [n, B, S, W/n]: group g holds relation heads g*c .. g*c+c-1
+        b, s, w = x_bsw.shape
+        return jnp.moveaxis(x_bsw.reshape(b, s, num_chunks, w // num_chunks), 2, 0)
+
+    @jax.checkpoint
+    def chunk_sum(args):
+        xs, xt = args
+        return _kl_rows_sum(relation_log_probs(xt, mask, heads_per_chunk),
+                            relation_log_probs(xs, mask, heads_per_chunk), mask)
+
+    total = jnp.sum(jax.lax.map(chunk_sum, (groups(student_x), groups(teacher_x))))
+    return safe_divide(total, num_relation_heads * jnp.sum(as_mask(mask)))
 
 
 def minilmv2_loss(student_qkv: Sequence[jax.Array], teacher_qkv: Sequence[jax.Array], mask: jax.Array,
-                  num_relation_heads: int, weights: Sequence[float] = (1.0, 1.0, 1.0)
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  num_relation_heads: int, weights: Sequence[float] = (1.0, 1.0, 1.0), *,
+                  heads_per_chunk: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MiniLMv2: w_qq KL_QQ + w_kk KL_KK + w_vv KL_VV between one student and one teacher layer.
 
     Args:
       student_qkv / teacher_qkv: (queries, keys, values), each [B, S, W] of the chosen layers.
       weights: (w_qq, w_kk, w_vv); a zero weight skips that relation.
+      heads_per_chunk: see ``relation_kl_loss``.
     Returns:
       (weighted sum, {"qq": ..., "kk": ..., "vv": ...}) for the relations with non-zero weight.
     """
@@ -91,7 +124,7 @@ def minilmv2_loss(student_qkv: Sequence[jax.Array], teacher_qkv: Sequence[jax.Ar
     total = jnp.zeros((), jnp.float32)
     for name, xs, xt, w in zip(("qq", "kk", "vv"), student_qkv, teacher_qkv, weights):
         if w:
-            parts[name] = relation_kl_loss(xs, xt, mask, num_relation_heads)
+            parts[name] = relation_kl_loss(xs, xt, mask, num_relation_heads, heads_per_chunk=heads_per_chunk)
             total = total + w * parts[name]
     return total, parts
 

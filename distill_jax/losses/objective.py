@@ -33,6 +33,8 @@ absent, None, or has weight 0 is off; unknown terms or options are a ValueError)
     teacher_layer   int, default -1 (last); 1..L_T or negative from the end (-2 = L_T - 1)
     student_layer   int, default -1 (last)
     qq, kk, vv      relation weights, default 1.0 each
+    heads_per_chunk int, default 0 (all relation heads at once); c > 0 computes c heads at a time
+                    (less memory for long sequences: [B, c, S, S] instead of [B, R, S, S]; same value)
   minilm:         MiniLM v1: attention-distribution KL + value-relation KL (equal head counts)
     weight        float (required)
     teacher_layer, student_layer   int, default -1 (last)
@@ -102,7 +104,7 @@ TERM_OPTIONS: dict[str, dict[str, Any]] = {
     "hs": {"weight": _REQUIRED, "map": "uniform_cons", "embeddings": False, "loss": "mse",
            "projection": "per_layer", "one_to_many": "mean_target"},
     "minilmv2": {"weight": _REQUIRED, "relation_heads": 48, "teacher_layer": -1, "student_layer": -1,
-                 "qq": 1.0, "kk": 1.0, "vv": 1.0},
+                 "qq": 1.0, "kk": 1.0, "vv": 1.0, "heads_per_chunk": 0},
     "minilm": {"weight": _REQUIRED, "teacher_layer": -1, "student_layer": -1, "attention": 1.0, "value": 1.0},
     "direct_minilm": {"weight": _REQUIRED, "teacher_layer": -1, "student_layer": -1,
                       "q": 1.0, "k": 1.0, "v": 1.0},
@@ -185,6 +187,9 @@ class Objective:
         self.needs_mlm_head = "od" in terms or "mlm" in terms          # student MLM head
         self.needs_teacher_mlm_head = "od" in terms
         self.needs_mlm_batch = "mlm" in terms or ("od" in terms and terms["od"]["positions"] == "mlm")
+        # Terms whose trainable projections must be in aux_params (see init_params).
+        self._aux_terms = tuple(t for t in ("hs", "direct_minilm") if t in terms and (
+            t == "direct_minilm" or student.hidden_size != teacher.hidden_size))
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -214,6 +219,12 @@ class Objective:
     def __call__(self, aux_params: dict, student_out: Any, teacher_out: Any, batch: Mapping[str, jax.Array],
                  student_mlm_head: Callable | None = None, teacher_mlm_head: Callable | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        missing = [t for t in self._aux_terms if t not in (aux_params or {})]
+        if missing:
+            raise ValueError(f"aux_params has no {', '.join(missing)} projections; pass objective.init_params(rng) "
+                             f"(and train it with the student)")
+        if "attention_mask" not in batch:
+            raise ValueError("batch needs attention_mask [B, S] (1 = real token, 0 = padding)")
         mask = batch["attention_mask"]
         terms: dict[str, jax.Array] = {}
         loss = jnp.zeros((), jnp.float32)
@@ -238,7 +249,7 @@ class Objective:
             c = self.config["minilmv2"]
             add("minilmv2", *mha.minilmv2_loss(
                 _qkv(student_out, c["student_layer"]), _qkv(teacher_out, c["teacher_layer"]), mask,
-                c["relation_heads"], (c["qq"], c["kk"], c["vv"])))
+                c["relation_heads"], (c["qq"], c["kk"], c["vv"]), heads_per_chunk=c["heads_per_chunk"]))
         if "minilm" in self.config:
             c = self.config["minilm"]
             s, t = c["student_layer"] - 1, c["teacher_layer"] - 1
@@ -362,6 +373,10 @@ def _validate_term(name: str, opts: dict, field: str, student: Dims, teacher: Di
     if name == "minilmv2":
         opts["relation_heads"] = _check_relation_heads(opts["relation_heads"], student, teacher,
                                                        f"{field}.relation_heads")
+        c = opts["heads_per_chunk"]
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (c and opts["relation_heads"] % c):
+            raise ValueError(f"{field}.heads_per_chunk={c!r}: must be 0 (all heads at once) or a divisor of "
+                             f"relation_heads={opts['relation_heads']}")
     return opts
 
 
