@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -57,14 +56,10 @@ def test_split_merge_inside_jit_pure_step_with_dropout_key():
     leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
-    # a real optimiser update over the split state works and changes the params
-    tx = optax.adamw(1e-3)
-    params = nnx.state(model, nnx.Param)
-    opt = tx.init(params)
-    updates, _ = tx.update(nnx.state(grads, nnx.Param), opt, params)
-    new_params = optax.apply_updates(params, updates)
-    assert float(jnp.abs(new_params["layers"][0]["ffn_in"]["kernel"][...] -
-                         params["layers"][0]["ffn_in"]["kernel"][...]).max()) > 0
+    # gradients reach the embeddings, every layer and the MLM head (tied decoder included)
+    assert float(jnp.abs(grads["embeddings"]["word"]["embedding"][...]).max()) > 0
+    assert float(jnp.abs(grads["layers"][0]["attention"]["query"]["kernel"][...]).max()) > 0
+    assert float(jnp.abs(grads["mlm_head"]["bias"][...]).max()) > 0
 
 
 def test_deterministic_call_is_dropout_free_and_matches_jit():
