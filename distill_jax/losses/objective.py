@@ -243,7 +243,7 @@ class Objective:
         if "hs" in self.config:
             c = self.config["hs"]
             add("hs", hs_lib.hs_loss(student_out.hidden_states, teacher_out.hidden_states, c["pairs"], mask,
-                                     projections=aux_params.get("hs"), loss=c["loss"],
+                                     projections=(aux_params or {}).get("hs"), loss=c["loss"],
                                      one_to_many=c["one_to_many"]))
         if "minilmv2" in self.config:
             c = self.config["minilmv2"]
