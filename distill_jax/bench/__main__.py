@@ -14,7 +14,9 @@ is lowered and compiled ahead of time (both timed), its memory_analysis() read, 
 likewise. With --rounds=N the implementations take turns N times, so slow phases of a shared
 machine hit them alike; the median step time over all rounds is the steady-state figure.
 MFU = analytic model FLOPs of the step (distill_jax.flops) / median step time / peak, the peak
-measured in this process with a large float32 matmul on CPU (datasheet bf16 on GPU/TPU).
+measured in this process with a large float32 matmul on CPU (datasheet bf16 on GPU/TPU). On CPU
+the matmul is measured again before every round; `mfu` uses the best sample of the run,
+`mfu_vs_round_peak` (median over rounds) each round's own sample, which tracks the machine's load.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -135,8 +138,15 @@ def run_case(case, args, peaks) -> dict:
         except Exception as exc:  # noqa: BLE001 - reported as n/a with the reason
             torch_info[variant] = {"status": "n/a", "reason": _reason(exc)}
 
+    from distill_jax.bench import peak as peak_lib
+
+    round_mfu = {"jax": [], **{f"torch_{v}": [] for v in torch_steps}}
     for r in range(args.rounds):
         print(f"  round {r + 1}/{args.rounds}", flush=True)
+        # The peak measured right beside this round's timings: on a shared machine the load
+        # changes within minutes, so each round's MFU is also taken against its own peak.
+        round_peak = peak_lib.sample_peak(peaks, args.peak_n)
+        n_before = {"jax": len(jax_times), **{v: len(t) for v, t in torch_times.items()}}
         timing = jax_step.time_compiled(compiled, built, warmup=args.warmup if jax_first else 1,
                                         steps=args.steps, progress=_progress("jax"))
         jax_first = False
@@ -156,10 +166,18 @@ def run_case(case, args, peaks) -> dict:
                 torch_info[variant] = {"first_step_s": t["first_step_s"]}
             torch_times[variant] += t["step_times_s"]
             torch_info[variant]["final_loss"] = t["final_loss"]
+            if round_peak:
+                round_mfu[f"torch_{variant}"].append(
+                    flops.total / statistics.median(t["step_times_s"]) / round_peak)
+        if round_peak:
+            round_mfu["jax"].append(
+                flops.total / statistics.median(jax_times[n_before["jax"]:]) / round_peak)
 
     peak = peaks["jax"]["flops_per_s"]
     result["jax"] = {"step_source": built.step_source, **compile_info,
                      **report.summarise_times(jax_times, case.tokens_per_step, flops.total, peak)}
+    if round_mfu["jax"]:
+        result["jax"]["mfu_vs_round_peak"] = statistics.median(round_mfu["jax"])
     for variant in args.torch_variants:
         info = torch_info.get(variant, {})
         key = f"torch_{variant}"
@@ -169,6 +187,8 @@ def run_case(case, args, peaks) -> dict:
         summary = report.summarise_times(torch_times[variant], case.tokens_per_step, flops.total, peak)
         if peaks.get("torch"):
             summary["mfu_vs_torch_peak"] = flops.total / summary["median_step_s"] / peaks["torch"]["flops_per_s"]
+        if round_mfu.get(key):
+            summary["mfu_vs_round_peak"] = statistics.median(round_mfu[key])
         result[key] = {**info, **summary}
         result[f"ratio_jax_over_{key}"] = result["jax"]["tokens_per_s"] / summary["tokens_per_s"]
 
@@ -197,8 +217,10 @@ def main(argv=None) -> dict:
           f"{threads} thread(s)", flush=True)
     peaks = {"jax": peak_lib.peak_for(device, n=args.peak_n)}
     if device.platform == "cpu" and args.torch_variants:
-        peaks["torch"] = {"flops_per_s": peak_lib.torch_matmul_peak(args.peak_n),
-                          "source": f"measured: best of 5 float32 {args.peak_n}x{args.peak_n} torch.mm"}
+        value = peak_lib.torch_matmul_peak(args.peak_n)
+        peaks["torch"] = {"flops_per_s": value, "samples": [value],
+                          "source": f"measured: best float32 {args.peak_n}x{args.peak_n} torch.mm, over "
+                                    "samples taken at the start and before every round"}
     for name, p in peaks.items():
         print(f"peak ({name}): {p['flops_per_s'] / 1e9:.1f} GFLOP/s ({p['source']})", flush=True)
 
@@ -214,6 +236,7 @@ def main(argv=None) -> dict:
         payload["results"].append(run_case(case, args, peaks))
         report.write_json(args.out, payload)  # after every case: a long matrix keeps what it measured
     payload["machine"]["load_average_at_end"] = list(os.getloadavg())
+    report.apply_peak(payload)  # MFU of every case against the best peak seen in the whole run
     report.write_json(args.out, payload)
     print(report.format_table(payload["results"]), flush=True)
     print(f"wrote {args.out}", flush=True)

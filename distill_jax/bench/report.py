@@ -91,3 +91,15 @@ def write_json(path: str, payload: dict) -> None:
         json.dump(payload, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def apply_peak(payload: dict) -> None:
+    """Recomputes every result's `mfu` against the run's final (best) peak."""
+    peak = payload["peak"]["jax"]["flops_per_s"]
+    torch_peak = payload["peak"].get("torch", {}).get("flops_per_s")
+    for r in payload["results"]:
+        for key, value in r.items():
+            if isinstance(value, dict) and "achieved_flops_per_s" in value:
+                value["mfu"] = value["achieved_flops_per_s"] / peak
+                if key.startswith("torch") and torch_peak:
+                    value["mfu_vs_torch_peak"] = value["achieved_flops_per_s"] / torch_peak
