@@ -84,6 +84,8 @@ def relation_kl_loss(student_x: jax.Array, teacher_x: jax.Array, mask: jax.Array
       heads_per_chunk: None/0 = all R heads at once (two [B, R, S, S] float32 relation tensors);
         c > 0 = c heads at a time inside lax.map, recomputed in the backward pass, so only
         [B, c, S, S] is live (for long sequences and many relation heads). Same value either way.
+        Measured (XLA CPU memory_analysis, value+grad, B=8, S=512, R=48, widths 384/768):
+        1.9 GiB of temporaries at once, 0.53 GiB with c=12, 0.19 GiB with c=4.
     """
     for x in (student_x, teacher_x):
         check_relation_heads(x.shape[-1], num_relation_heads, heads_per_chunk)

@@ -13,6 +13,9 @@ Large vocabularies (XLM-R: 250k) must never hold float32 ``[B, S, V]`` logits fo
 ``od_from_hidden`` gathers the selected positions' hidden states first and runs the two MLM heads
 over chunks of positions inside ``lax.map``, with each chunk rematerialised on the backward pass
 (``jax.checkpoint``), so at most ``[B, chunk_size, V]`` logits per model are live at a time.
+Measured (XLA CPU memory_analysis, value+grad, B=8, S=512, P=80, V=250002, student 384 f32,
+teacher 768 bf16): full [B,S,V] logits 15.3 GiB of temporaries; gathered but unchunked 3.0 GiB;
+chunk_size=16 0.96 GiB (0.36 GiB of it is the student head's own [D,V] gradient).
 """
 
 from __future__ import annotations
