@@ -22,6 +22,7 @@ and raises ValueError naming the problem and the fix.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Union
 
@@ -89,16 +90,12 @@ def layer_map(strategy: LayerMapSpec, num_student_layers: int, num_teacher_layer
 
 
 def _as_layer_index(value, upper: int, who: str, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        # numpy ints are fine, floats/strings are not.
-        try:
-            import numpy as np
-            if isinstance(value, np.integer):
-                value = int(value)
-            else:
-                raise TypeError
-        except TypeError:
-            raise ValueError(f"{field}: {who} layer {value!r} must be an int in 0..{upper}") from None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # ints and numpy ints; floats and strings are refused
+    except TypeError:
+        raise ValueError(f"{field}: {who} layer {value!r} must be an int in 0..{upper}") from None
     if not 0 <= value <= upper:
         raise ValueError(
             f"{field}: {who} layer {value} is out of range; {who} layers are 0..{upper} "
@@ -120,7 +117,7 @@ def _explicit_map(pairs, ls: int, lt: int, field: str) -> LayerMap:
         if not t_list:
             raise ValueError(f"{field}: entry {pair!r} lists no teacher layer")
         ts = tuple(sorted({_as_layer_index(t, lt, "teacher", field) for t in t_list}))
-        if (s == 0) != (ts == (0,)) and (s == 0 or 0 in ts):
+        if (s == 0 or 0 in ts) and (s, ts) != (0, (0,)):
             raise ValueError(f"{field}: entry {pair!r} mixes embeddings (layer 0) with transformer layers; "
                              f"embeddings map only as 0 -> 0")
         out.append((s, ts))
