@@ -227,7 +227,7 @@ def _tiny_student(family, with_mlm_head=True, seed=0):
     return model
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta"])
 def test_export_round_trip_with_transformers_and_back(family, tmp_path):
     model = _tiny_student(family)
     out_dir = export_pretrained(model, tmp_path / "exported", tokenizer_dir=teacher_dir())
@@ -350,3 +350,16 @@ def test_bin_only_checkpoint_is_refused_without_unpickling(tmp_path):
     with pytest.raises(ValueError) as exc:
         load_pretrained(tmp_path)
     assert_one_line(exc, str(tmp_path), "save_pretrained", "-safetensors", "never unpickles")
+
+
+def test_bf16_checkpoint_reads_exactly(tmp_path):
+    """A bfloat16 safetensors file (as HF saves bf16 models) is read bit-exactly, into either param dtype."""
+    hf = randomize(transformers.BertModel(hf_config("bert")), seed=5).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path)
+    model32, _, _ = load_pretrained(tmp_path)
+    model16, cfg16, _ = load_pretrained(tmp_path, param_dtype="bfloat16", dtype="bfloat16")
+    expected = hf.encoder.layer[1].intermediate.dense.weight.detach().float().numpy().T
+    np.testing.assert_array_equal(model32.layers[1].ffn_in.kernel.get_value(), expected)
+    got16 = model16.layers[1].ffn_in.kernel.get_value()
+    assert got16.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got16, np.float32), expected)
