@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.devices = 0            # 0 = every device; n = the first n (debugging a mesh on fewer devices)
     # Logical axis name -> mesh axis overrides as [(name, axis or [axes] or None), ...]; empty =
     # distill_jax.sharding.DEFAULT_RULES.
     c.logical_axis_rules = ()

