@@ -316,6 +316,17 @@ def test_unreachable_hub_fails_fast_with_the_fix(monkeypatch):
         "(e.g. --config.teacher=/path/to/dir)")
 
 
+def test_unknown_hub_id_without_offline_flag_fails_fast(monkeypatch):
+    """With HF_HUB_OFFLINE unset the probe decides: offline here, a 404 where the hub is reachable."""
+    import time
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_model_dir("some-org/some-model-that-does-not-exist-anywhere")
+    assert time.monotonic() - start < 15
+    assert_one_line(exc, "some-org/some-model-that-does-not-exist-anywhere", "local directory with config.json")
+
+
 def test_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError) as exc:
         load_pretrained(tmp_path / "nope")

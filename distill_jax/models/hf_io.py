@@ -4,7 +4,6 @@ pickles), map tensor names for BERT / RoBERTa / XLM-R, and write HF-format direc
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import importlib.util
 import json
@@ -13,6 +12,7 @@ import os
 import shutil
 import socket
 import struct
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,17 +54,21 @@ def _offline_teacher_dir() -> Path | None:
 
 
 def _hub_reachable(host: str = "huggingface.co") -> bool:
-    """TCP connect with a hard deadline (DNS included, via a worker thread) so offline fails fast."""
+    """TCP connect with a hard deadline, DNS included (a daemon thread we stop waiting for), so an
+    offline machine fails in seconds instead of hanging on resolver or HTTP timeouts."""
+    result: list[bool] = []
+
     def probe():
-        with socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT_S):
-            return True
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(probe).result(timeout=_HUB_PROBE_TIMEOUT_S + 0.5)
-    except Exception:  # noqa: BLE001 - any failure means "not reachable"
-        return False
-    finally:
-        pool.shutdown(wait=False)
+        try:
+            with socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT_S):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_HUB_PROBE_TIMEOUT_S + 0.5)
+    return bool(result and result[0])
 
 
 def _hub_offline_error(name: str) -> FileNotFoundError:
