@@ -13,6 +13,7 @@ import shutil
 import socket
 import struct
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,16 @@ def _offline_teacher_dir() -> Path | None:
     return model_dir if (model_dir / "config.json").is_file() else None
 
 
-def _hub_reachable(host: str = "huggingface.co") -> bool:
-    """TCP connect with a hard deadline, DNS included (a daemon thread we stop waiting for), so an
-    offline machine fails in seconds instead of hanging on resolver or HTTP timeouts."""
+def _hub_reachable() -> bool:
+    """TCP connect to the hub (HF_ENDPOINT if set) with a hard deadline, DNS included (a daemon thread
+    we stop waiting for), so an offline machine fails in seconds instead of hanging on timeouts."""
+    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
     result: list[bool] = []
 
     def probe():
         try:
-            with socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT_S):
+            with socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S):
                 result.append(True)
         except OSError:
             result.append(False)
