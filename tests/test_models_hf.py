@@ -374,3 +374,22 @@ def test_bf16_checkpoint_reads_exactly(tmp_path):
     got16 = model16.layers[1].ffn_in.kernel.get_value()
     assert got16.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(got16, np.float32), expected)
+
+
+def test_legacy_gamma_beta_layernorm_names_load(tmp_path):
+    """Old TF-converted BERT files name LayerNorm params gamma/beta; they load like weight/bias."""
+    from safetensors.numpy import load_file, save_file
+    hf = randomize(transformers.BertModel(hf_config("bert")), seed=6)
+    hf.save_pretrained(tmp_path / "new")
+    tensors = load_file(tmp_path / "new" / "model.safetensors")
+    legacy = {("bert." + k).replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+              for k, v in tensors.items()}
+    assert "bert.embeddings.LayerNorm.gamma" in legacy
+    (tmp_path / "old").mkdir()
+    save_file(legacy, tmp_path / "old" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    new, _, _ = load_pretrained(tmp_path / "new")
+    old, _, report = load_pretrained(tmp_path / "old")
+    assert report.missing == [] and report.unexpected == []
+    for a, b in zip(jax.tree.leaves(nnx.state(new)), jax.tree.leaves(nnx.state(old))):
+        np.testing.assert_array_equal(a, b)

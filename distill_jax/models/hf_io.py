@@ -207,9 +207,21 @@ class LoadReport:
         return "; ".join(parts)
 
 
+def _canonical_name(name: str, prefix: str) -> str:
+    """Drops the base-model prefix and renames legacy TF-converted LayerNorm 'gamma'/'beta' (still in
+    some hub files, e.g. original BERT conversions) to 'weight'/'bias', as transformers does."""
+    if name.startswith(prefix):
+        name = name[len(prefix):]
+    if name.endswith(".gamma"):
+        name = name[:-len("gamma")] + "weight"
+    elif name.endswith(".beta"):
+        name = name[:-len("beta")] + "bias"
+    return name
+
+
 def _strip_prefix(tensors: dict[str, np.ndarray], family: str) -> dict[str, np.ndarray]:
     prefix = BASE_PREFIX[family]
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+    return {_canonical_name(k, prefix): v for k, v in tensors.items()}
 
 
 def assign_tensors(module: nnx.Module, names, tensors: dict[str, np.ndarray], *, source: str, param_dtype: str,
