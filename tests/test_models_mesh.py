@@ -150,3 +150,12 @@ def test_bad_config_values_fail_with_field_name():
         CFG.replace(dtype="int32")
     with pytest.raises(ValueError, match="exceeds the position table"):
         Encoder(CFG, rngs=nnx.Rngs(0))(jnp.ones((1, 40), jnp.int32))
+
+
+def test_single_token_type_families_ignore_segment_ids():
+    roberta = Encoder(CFG.replace(family="roberta", type_vocab_size=1, pad_token_id=1), rngs=nnx.Rngs(0))
+    ids, mask = batch()
+    plain = roberta(ids, mask).hidden_states[-1]
+    with_types = roberta(ids, mask, jnp.ones_like(ids)).hidden_states[-1]
+    assert bool(jnp.all(jnp.isfinite(with_types)))
+    np.testing.assert_array_equal(plain, with_types)

@@ -67,6 +67,10 @@ class Embeddings(nnx.Module):
         self.norm = _norm(cfg)
 
     def __call__(self, input_ids_bs, token_type_ids_bs, dropout_rng):
+        if self.cfg.type_vocab_size == 1:
+            # RoBERTa/XLM-R have one token type; pair inputs may still carry 1s for the second
+            # segment, which would index past the table (jnp.take fills NaN there), so use type 0.
+            token_type_ids_bs = jnp.zeros_like(input_ids_bs)
         # Same summation order as HF ((word + type) + position) so float32 results agree bit-closely.
         x_bsd = self.word(input_ids_bs).astype(jnp.float32) + self.token_type(token_type_ids_bs).astype(jnp.float32)
         x_bsd = x_bsd + self.position(position_ids_for(self.cfg, input_ids_bs)).astype(jnp.float32)
