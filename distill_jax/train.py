@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
-import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -126,10 +125,6 @@ def _split_params(model: nnx.Module) -> tuple[Any, Any]:
 
 def _abstract(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-def _cast_floats(tree: Any, dtype) -> Any:
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def host_params(params: Any) -> Any:
@@ -255,7 +250,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         message = str(exc).replace("--config.teacher=", "--config.teacher.name=")
         raise FileNotFoundError(f"config.teacher.name={config.teacher.name!r}: {message}") from None
     from distill_jax.data import validate_data_config
+    from distill_jax.models.hf_io import read_hf_config
     validate_data_config(config.data)
+
+    # Everything that depends only on shapes is checked from the teacher's config.json, before any
+    # weight is read or any device touched: sequence length, objective (layer maps, relation heads,
+    # head counts), optimizer schedule.
+    seed = int(config.seed)
+    teacher_dtype = config.teacher.dtype
+    teacher_shape = models.EncoderConfig.from_hf_dict(
+        read_hf_config(Path(teacher_dir)), source=f"{teacher_dir}/config.json")
+    if config.data.seq_len > teacher_shape.max_seq_len:
+        raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the teacher's position "
+                         f"table ({teacher_shape.max_seq_len} tokens)")
+    student_kwargs = dict(
+        num_layers=config.student.num_layers, hidden_size=config.student.hidden_size,
+        num_heads=config.student.num_heads, intermediate_size=config.student.intermediate_size)
+    objective = build_objective(config.objective, ml_collections.ConfigDict(student_kwargs),
+                                teacher_shape)
+    tx, lr_schedule = optim.make_optimizer(config.optim, config.total_steps)
 
     # 2. Mesh.
     num_devices = int(config.mesh.get("devices", 0))
@@ -268,30 +281,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     check_batch_fits_mesh(config, mesh)
     log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es); workdir {workdir}")
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+    if jax.process_index() == 0 and "://" not in workdir:
+        os.makedirs(workdir, exist_ok=True)
 
     # 3. Teacher: loaded once, cast once to its compute dtype, placed sharded, never checkpointed.
-    seed = int(config.seed)
-    teacher_dtype = config.teacher.dtype
     t0 = time.time()
     teacher, teacher_cfg, _ = models.load_pretrained(
         teacher_dir, dtype=teacher_dtype, param_dtype=teacher_dtype,
-        with_mlm_head=_objective_needs_teacher_head(config), mesh=mesh, rules=rules)
+        with_mlm_head=objective.needs_teacher_mlm_head, mesh=mesh, rules=rules)
     log(f"teacher {config.teacher.name} ({teacher_cfg.num_layers}x{teacher_cfg.hidden_size}, "
         f"{teacher_cfg.family}, {teacher_dtype}) loaded in {time.time() - t0:.1f}s from {teacher_dir}")
-    if config.data.seq_len > teacher_cfg.max_seq_len:
-        raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the teacher's position "
-                         f"table ({teacher_cfg.max_seq_len} tokens)")
 
-    # 4. Objective first (it validates layer maps and relation heads against both shapes), then the
-    #    student, its shardings, the optimizer.
-    student_kwargs = dict(
-        num_layers=config.student.num_layers, hidden_size=config.student.hidden_size,
-        num_heads=config.student.num_heads, intermediate_size=config.student.intermediate_size)
-    student_shape = ml_collections.ConfigDict(student_kwargs)
-    objective = build_objective(config.objective, student_shape, teacher_cfg)
-
+    # 4. The student (its shapes were checked above), its shardings, the optimizer state.
     student_overrides = dict(
         init=config.student.init,
         teacher_layers=(list(config.student.teacher_layers)
@@ -319,7 +320,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     params = {"student": student_params, "aux": jax.device_put(aux_params, repl)}
     param_shardings = {"student": student_shardings,
                        "aux": jax.tree.map(lambda _: repl, aux_params)}
-    tx, lr_schedule = optim.make_optimizer(config.optim, config.total_steps)
     abstract_opt = jax.eval_shape(tx.init, params)
     opt_shardings = optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt, param_shardings,
@@ -480,12 +480,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         log(f"summary written to {workdir}/summary.json")
     return RunResult(final_step=step, final_metrics=last_metrics or {}, preempted=preempted,
                      summary=summary)
-
-
-def _objective_needs_teacher_head(config) -> bool:
-    objective = config.objective
-    od = objective.get("od") if hasattr(objective, "get") else None
-    return bool(od) and float(od.get("weight", 0.0)) != 0.0
 
 
 def _make_student(models, teacher_cfg, teacher_dir, teacher_f32, student_kwargs, overrides,

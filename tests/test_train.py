@@ -176,8 +176,6 @@ def test_tensorboard_events_hold_the_logged_values(run_8dev):
 def test_export_loads_with_transformers_and_matches_our_student(run_8dev, tiny_teacher):
     import torch
     import transformers
-    from flax import nnx
-
     from distill_jax import models
 
     export = Path(run_8dev.summary["workdir"]) / "export"
@@ -196,7 +194,6 @@ def test_export_loads_with_transformers_and_matches_our_student(run_8dev, tiny_t
     mine = np.asarray(ours(enc["input_ids"], enc["attention_mask"]).hidden_states[-1])
     valid = enc["attention_mask"].astype(bool)
     np.testing.assert_allclose(mine[valid], theirs[valid], atol=1e-4)
-    del nnx
 
 
 def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_teacher, data_cache, tmp_path):
