@@ -43,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=1, help="times the implementations take turns")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for XLA and torch (0 = all)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument("--teacher_dtype", default="", choices=("", "float32", "bfloat16"),
+                   help="compute dtype of the frozen teacher (default: --dtype)")
     p.add_argument("--relation_heads", type=int, default=48, help="MiniLMv2 relation heads")
     p.add_argument("--vocab", type=int, default=30522, help="vocabulary of LxW random teachers")
     p.add_argument("--torch", default="eager,compile",
@@ -97,6 +99,7 @@ def build_cases(args):
         if teacher not in TEACHERS:
             t_shape = dataclasses.replace(student_shape(teacher), vocab_size=args.vocab)
         cases.append(make_case(objective, teacher, student, batch, seq_len, dtype=args.dtype,
+                               teacher_dtype=args.teacher_dtype or None,
                                relation_heads=args.relation_heads, teacher_shape=t_shape))
     return cases
 

@@ -59,7 +59,8 @@ class Case:
     """One benchmarked distillation step.
 
     teacher_shape / student_shape: encoder shapes; teacher_dir: a real checkpoint to load (None =
-    random weights of teacher_shape). relation_heads: MiniLMv2 relation heads (48 for base-size
+    random weights of teacher_shape). dtype / teacher_dtype: compute dtypes of the student and the
+    frozen teacher (DESIGN: the teacher may run in bf16). relation_heads: MiniLMv2 relation heads (48 for base-size
     teachers, as the paper). mlm_positions: OD positions per row (15% of seq_len, rounded up:
     20 at 128, 77 at 512, BERT's max_predictions_per_seq).
     """
@@ -72,14 +73,16 @@ class Case:
     batch_size: int
     seq_len: int
     dtype: str = "float32"
+    teacher_dtype: str = "float32"
     relation_heads: int = 48
     mlm_positions: int = 0
     teacher_dir: str | None = None
 
     @property
     def name(self) -> str:
+        dtypes = self.dtype if self.teacher_dtype == self.dtype else f"{self.dtype}/T:{self.teacher_dtype}"
         return (f"{self.objective} {self.teacher}->{self.student} b{self.batch_size} "
-                f"s{self.seq_len} {self.dtype}")
+                f"s{self.seq_len} {dtypes}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -108,8 +111,8 @@ class Case:
 
 
 def make_case(objective: str, teacher: str, student: str, batch_size: int, seq_len: int, *,
-              dtype: str = "float32", relation_heads: int = 48, mlm_fraction: float = 0.15,
-              teacher_shape: Shape | None = None) -> Case:
+              dtype: str = "float32", teacher_dtype: str | None = None, relation_heads: int = 48,
+              mlm_fraction: float = 0.15, teacher_shape: Shape | None = None) -> Case:
     """Validates the flags and builds a Case (one-line ValueError naming the flag otherwise)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -119,8 +122,10 @@ def make_case(objective: str, teacher: str, student: str, batch_size: int, seq_l
         raise ValueError(f"--batch={batch_size} --seq_len={seq_len}: both must be positive")
     if seq_len > 512:
         raise ValueError(f"--seq_len={seq_len}: BERT-style models have 512 positions")
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"--dtype={dtype!r}: use float32 or bfloat16")
+    teacher_dtype = teacher_dtype or dtype
+    for flag, value in (("--dtype", dtype), ("--teacher_dtype", teacher_dtype)):
+        if value not in ("float32", "bfloat16"):
+            raise ValueError(f"{flag}={value!r}: use float32 or bfloat16")
     t_shape = teacher_shape or TEACHER_SHAPES[teacher]
     s_shape = student_shape(student) if isinstance(student, str) else student
     s_shape = dataclasses.replace(s_shape, vocab_size=t_shape.vocab_size)  # students share the teacher's tokenizer
@@ -134,6 +139,7 @@ def make_case(objective: str, teacher: str, student: str, batch_size: int, seq_l
     teacher_dir = str(offline_teacher_dir()) if teacher == "minilm-l6" and teacher_shape is None else None
     return Case(objective=objective, teacher=teacher, student=str(student), teacher_shape=t_shape,
                 student_shape=s_shape, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                teacher_dtype=teacher_dtype,
                 relation_heads=relation_heads, mlm_positions=mlm_positions, teacher_dir=teacher_dir)
 
 

@@ -49,19 +49,19 @@ def build_models(case: Case, seed: int = 0):
 
     with_head = case.objective == "od"
     if case.teacher_dir is not None:
-        teacher, t_cfg, _ = load_pretrained(case.teacher_dir, dtype=case.dtype, with_mlm_head=with_head,
+        teacher, t_cfg, _ = load_pretrained(case.teacher_dir, dtype=case.teacher_dtype, with_mlm_head=with_head,
                                             rngs=nnx.Rngs(seed), with_pooler=False, **NO_DROPOUT)
     else:
         ts = case.teacher_shape
         t_cfg = EncoderConfig(vocab_size=ts.vocab_size, hidden_size=ts.hidden_size,
                               num_layers=ts.num_layers, num_heads=ts.num_heads,
                               intermediate_size=ts.intermediate_size, with_mlm_head=with_head,
-                              with_pooler=False, dtype=case.dtype, **NO_DROPOUT)
+                              with_pooler=False, dtype=case.teacher_dtype, **NO_DROPOUT)
         teacher = Encoder(t_cfg, rngs=nnx.Rngs(seed))
     ss = case.student_shape
     student = make_student(t_cfg, num_layers=ss.num_layers, hidden_size=ss.hidden_size,
                            num_heads=ss.num_heads, intermediate_size=ss.intermediate_size,
-                           with_mlm_head=with_head, rngs=nnx.Rngs(seed + 1))
+                           with_mlm_head=with_head, dtype=case.dtype, rngs=nnx.Rngs(seed + 1))
     return teacher, student
 
 

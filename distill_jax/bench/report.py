@@ -36,7 +36,8 @@ def machine_info(threads: int) -> dict:
     info = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_model": cpu_model,
             "cpu_count": os.cpu_count(), "threads": threads, "jax": jax.__version__,
             "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-            "load_average_1_5_15": list(os.getloadavg())}
+            "load_average_1_5_15": list(os.getloadavg()),
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     try:
         import torch
 

@@ -155,18 +155,19 @@ class TorchDistillStep:
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-6)
         self.clip_norm = 1.0
-        self.autocast = case.dtype == "bfloat16"
+        self.autocast = case.dtype == "bfloat16"  # bf16 compute via autocast, float32 master weights
+        self.teacher_autocast = case.teacher_dtype == "bfloat16"
         self.loss_fn = torch.compile(self._loss) if compile else self._loss
 
     def _loss(self, input_ids, attention_mask, token_type_ids, mlm_positions=None, mlm_weights=None):
         case = self.case
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         want_states = case.objective == "hs"
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.teacher_autocast):
+            t_out = encoder_of(self.teacher)(**inputs, output_hidden_states=want_states)
+            if case.objective == "minilmv2":
+                t_qkv = [x.detach() for x in self.t_qkv.get()]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            with torch.no_grad():
-                t_out = encoder_of(self.teacher)(**inputs, output_hidden_states=want_states)
-                if case.objective == "minilmv2":
-                    t_qkv = [x.detach() for x in self.t_qkv.get()]
             s_out = encoder_of(self.student)(**inputs, output_hidden_states=want_states)
             if case.objective == "minilmv2":
                 s_qkv = self.s_qkv.get()
@@ -175,7 +176,7 @@ class TorchDistillStep:
             if case.objective == "hs":
                 return hs_mse(s_out.hidden_states, [h.detach() for h in t_out.hidden_states],
                               case.hs_pairs(), self.projections, attention_mask)
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.teacher_autocast):
                 t_logits = self.teacher.cls(gather_rows(t_out.last_hidden_state, mlm_positions))
             s_logits = self.student.cls(gather_rows(s_out.last_hidden_state, mlm_positions))
             return od_kl(s_logits, t_logits, mlm_weights)
