@@ -244,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 
     # 1. Config checks, then the teacher's whereabouts: both fail in seconds with one line.
     check_config(config)
+    if config.get("compilation_cache_dir"):
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     try:
         teacher_dir = str(models.resolve_model_dir(config.teacher.name))
     except FileNotFoundError as exc:

@@ -60,6 +60,17 @@ def tiny_teacher(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """The runs here compile the same step several times (reference, killed, resumed): a persistent
+    compilation cache (config.compilation_cache_dir, what a restarted pod job uses) saves those."""
+    import jax
+
+    path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+    yield path
+    jax.config.update("jax_compilation_cache_dir", None)  # leave other test modules as they were
+
+
 @pytest.fixture(scope="module")
 def data_cache(tmp_path_factory, tiny_teacher) -> str:
     """The tokenized builtin corpus, built once (later runs and processes only read it)."""
@@ -71,7 +82,7 @@ def data_cache(tmp_path_factory, tiny_teacher) -> str:
     return cache
 
 
-def tiny_config(teacher_dir: Path, cache_dir: str, **mesh):
+def tiny_config(teacher_dir: Path, cache_dir: str, compilation_cache: str = "", **mesh):
     from configs import common
 
     c = common.base_config()
@@ -95,6 +106,7 @@ def tiny_config(teacher_dir: Path, cache_dir: str, **mesh):
     c.keep_checkpoints = 2
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh.get("data", -1), mesh.get("fsdp", 1), mesh.get("tensor", 1)
     c.mesh.devices = mesh.get("devices", 0)
+    c.compilation_cache_dir = compilation_cache
     return c
 
 
@@ -126,12 +138,12 @@ def _history(workdir: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run_8dev(tmp_path_factory, tiny_teacher, data_cache):
+def run_8dev(tmp_path_factory, tiny_teacher, data_cache, compilation_cache):
     """The uninterrupted reference run, 8 devices as data=2 x fsdp=2 x tensor=2."""
     from distill_jax.train import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("run_8dev")
-    return train_and_evaluate(tiny_config(tiny_teacher, data_cache, data=2, fsdp=2, tensor=2), str(workdir))
+    return train_and_evaluate(tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2), str(workdir))
 
 
 def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
@@ -196,14 +208,15 @@ def test_export_loads_with_transformers_and_matches_our_student(run_8dev, tiny_t
     np.testing.assert_allclose(mine[valid], theirs[valid], atol=1e-4)
 
 
-def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_teacher, data_cache, tmp_path):
+def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_teacher, data_cache, tmp_path,
+                                                               compilation_cache):
     """A subprocess gets SIGTERM (a preemption notice) as soon as its step is compiled: it finishes
     the step it is in, saves a checkpoint and exits 0. Restarted on the same workdir, the run must
     end exactly where the uninterrupted reference run ended (same params, optimizer state, data
     position and dropout keys)."""
     from distill_jax.train import train_and_evaluate
 
-    config = tiny_config(tiny_teacher, data_cache, data=2, fsdp=2, tensor=2)
+    config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     workdir = tmp_path / "killed"
     config_file = write_config_file(tmp_path / "tiny_killed.py", config)
     proc = subprocess.Popen(
@@ -238,12 +251,13 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
         assert new_losses[step] == pytest.approx(ref_losses[step], rel=1e-5), step
 
 
-def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teacher, data_cache, tmp_path):
+def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teacher, data_cache, tmp_path,
+                                                          compilation_cache):
     from distill_jax.train import train_and_evaluate
 
     # 2 processes x 4 CPU devices on localhost, jax.distributed with gloo collectives, started first
     # so they run while this process does the 1-device run.
-    config = tiny_config(tiny_teacher, data_cache, data=2, fsdp=2, tensor=2)
+    config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     config_file = write_config_file(tmp_path / "tiny_2proc.py", config)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -256,7 +270,7 @@ def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teache
         cwd=REPO, env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
 
-    single = train_and_evaluate(tiny_config(tiny_teacher, data_cache, devices=1),
+    single = train_and_evaluate(tiny_config(tiny_teacher, data_cache, compilation_cache, devices=1),
                                 str(tmp_path / "one_device"))
     outputs = []
     try:
