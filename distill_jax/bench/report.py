@@ -78,7 +78,8 @@ def format_table(results: Sequence[dict]) -> str:
                          f"{_fmt(ratio, '.2f'):>10}x")
         data = r.get("data")
         if data and "tokens_per_s" in data:
-            lines.append(f"{'':<44} {'data pipeline':<14} {'':>9} {data['tokens_per_s']:>10.0f}")
+            lines.append(f"{'':<44} {'data pipeline':<14} {'':>9} {data['tokens_per_s']:>10.0f}"
+                         f"   (cold tokenize+pack: {data.get('build_tokens_per_s', 0):,.0f} tokens/s)")
         elif data:
             lines.append(f"{'':<44} {'data pipeline':<14} n/a: {data.get('reason', '')[:70]}")
     return "\n".join(lines)
