@@ -1,0 +1,143 @@
+"""Configs: every recipe loads (as main.py loads it), names a valid objective for its teacher's
+shape, documents its launch command, and `:runlocal` shrinks it to a CPU run without changing what
+is trained."""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+from ml_collections import config_flags
+
+from configs import common
+from distill_jax.losses import build_objective
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = ("mha_l6_h384", "hs_l6_h384", "od_l6_h384", "minilm_l6_h384", "xlmr_l6_h384")
+# Public shapes of the teachers the recipes name (their config.json files on the hub).
+TEACHER_SHAPES = {
+    "bert-base-uncased": dict(num_layers=12, hidden_size=768, num_heads=12),
+    "xlm-roberta-base": dict(num_layers=12, hidden_size=768, num_heads=12),
+    "xlm-roberta-large": dict(num_layers=24, hidden_size=1024, num_heads=16),
+}
+
+
+def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def check_objective(c):
+    teacher = TEACHER_SHAPES.get(c.teacher.name)
+    if teacher is None:  # the quickstart's offline teacher: read its real config.json
+        from distill_jax.models import EncoderConfig, resolve_model_dir
+        from distill_jax.models.hf_io import read_hf_config
+        cfg = EncoderConfig.from_hf_dict(read_hf_config(resolve_model_dir(c.teacher.name)))
+        teacher = dict(num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads)
+    student = dict(num_layers=c.student.num_layers, hidden_size=c.student.hidden_size,
+                   num_heads=c.student.num_heads)
+    return build_objective(c.objective, student, teacher)
+
+
+@pytest.mark.parametrize("name", RECIPES + ("quickstart",))
+def test_recipe_loads_validates_and_documents_its_launch_command(name):
+    c = load(name)
+    module = importlib.import_module(f"configs.{name}")
+    assert f"python main.py --config=configs/{name}.py" in module.__doc__
+    assert c.mode == "distill"
+    objective = check_objective(c)
+    assert objective.term_names
+    assert c.batch_size % c.microbatches == 0
+    assert 0 <= c.optim.warmup_steps <= c.total_steps
+    json.dumps(c.to_dict())  # serialisable: it goes into summary.json
+
+
+def test_pod_recipes_follow_the_published_settings():
+    mha = load("mha_l6_h384")
+    assert (mha.student.num_layers, mha.student.hidden_size, mha.student.num_heads,
+            mha.student.intermediate_size) == (6, 384, 12, 1536)
+    assert mha.objective.minilmv2.relation_heads == 48 and mha.teacher.name == "bert-base-uncased"
+    assert (mha.batch_size, mha.total_steps, mha.data.seq_len) == (1024, 400_000, 512)
+    assert load("xlmr_l6_h384", "large").objective.minilmv2.relation_heads == 64
+    assert load("minilm_l6_h384").student.num_heads == 12
+    od = load("od_l6_h384")
+    assert check_objective(od).needs_mlm_batch and check_objective(od).needs_teacher_mlm_head
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_runlocal_shrinks_the_run_but_keeps_what_is_trained(name):
+    full, local = load(name), load(name, "runlocal")
+    assert local.batch_size <= 8 and local.total_steps <= 50 and local.data.seq_len <= 128
+    assert local.data.source == "builtin" and local.data.max_documents > 0
+    assert local.teacher.dtype == local.student.dtype == "float32"
+    assert local.objective.to_dict() == full.objective.to_dict()
+    assert local.student.to_dict() == dict(full.student.to_dict(), dtype="float32")
+    assert local.teacher.name == full.teacher.name
+    check_objective(local)
+
+
+@pytest.mark.parametrize("strategy", ["last", "uniform", "uniform_cons", "uniform_last", "1:2+3:6+6:12"])
+def test_hs_layer_maps(strategy):
+    c = load("hs_l6_h384", f"map={strategy}")
+    objective = check_objective(c)
+    pairs = objective.config["hs"]["pairs"]
+    if strategy == "last":
+        assert [(s, tuple(t)) for s, t in pairs] == [(6, (12,))]
+    elif strategy == "uniform_cons":
+        assert [(s, tuple(t)) for s, t in pairs] == [(i, (2 * i - 1, 2 * i)) for i in range(1, 7)]
+    elif "+" in strategy:
+        assert [(s, tuple(t)) for s, t in pairs] == [(1, (2,)), (3, (6,)), (6, (12,))]
+    else:
+        assert len(pairs) == 6
+
+
+def test_hs_identity_map_is_refused_for_unequal_depths():
+    with pytest.raises(ValueError, match=r"objective\.hs\.map"):
+        check_objective(load("hs_l6_h384", "map=identity"))
+
+
+def test_bad_args_name_the_problem():
+    with pytest.raises(ValueError, match="map='diagonal'"):
+        load("hs_l6_h384", "map=diagonal")
+    with pytest.raises(ValueError, match="config arg 'runlcal' unknown"):
+        load("mha_l6_h384", "runlcal")
+
+
+def test_parse_arg_types():
+    args = common.parse_arg("steps=12,runlocal,lr=0.5,name=a:b", steps=0, runlocal=False, lr=1.0,
+                            name="", flag=True)
+    assert (args.steps, args.runlocal, args.lr, args.name, args.flag) == (12, True, 0.5, "a:b", True)
+    assert common.parse_arg("flag=false", flag=True).flag is False
+
+
+def test_main_loads_configs_with_overrides_like_the_command_line():
+    """config_flags (what main.py uses): the file, its ':arg', then --config.x overrides."""
+    from absl import flags
+
+    argv = ["prog", "--config=configs/hs_l6_h384.py:map=last,runlocal", "--config.total_steps=7",
+            "--config.objective.hs.loss=cosine", "--config.teacher.name=/local/bert"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)  # main.py reads sys.argv itself
+    fv(argv)
+    c = fv.config
+    assert (c.total_steps, c.objective.hs.loss, c.objective.hs.map) == (7, "cosine", "last")
+    assert c.teacher.name == "/local/bert" and c.batch_size == 8
+
+
+def test_quickstart_is_offline_and_cpu_sized():
+    c = load("quickstart")
+    from distill_jax.models import resolve_model_dir
+    assert (resolve_model_dir(c.teacher.name) / "model.safetensors").is_file()
+    assert c.data.source == "builtin" and c.teacher.dtype == "float32"
+    assert c.batch_size * c.data.seq_len * c.total_steps <= 32 * 64 * 400  # minutes on 2 cores
+    assert load("quickstart", "steps=50").total_steps == 50
+
+
+def test_main_rejects_an_unknown_mode(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/quickstart.py", "--config.mode=bogus",
+         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "config.mode='bogus'" in proc.stderr
