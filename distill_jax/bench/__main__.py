@@ -129,15 +129,15 @@ def run_case(case, args, peaks) -> dict:
     compiled, compile_info = jax_step.compile_step(built)
     print(f"  jax: lower {compile_info['lower_s']:.1f} s, compile {compile_info['compile_s']:.1f} s, "
           f"peak {compile_info['memory'].get('peak_bytes', 0) / 2**20:.0f} MiB", flush=True)
-    jax_times = []
+    jax_times, jax_cpu = [], []
     jax_first = True
 
-    torch_steps, torch_times, torch_info = {}, {}, {}
+    torch_steps, torch_times, torch_cpu, torch_info = {}, {}, {}, {}
     tbatch = torch_baseline.torch_batch(batch_np)
     for variant in args.torch_variants:
         try:
             torch_steps[variant] = torch_baseline.TorchDistillStep(case, compile=variant == "compile")
-            torch_times[variant] = []
+            torch_times[variant], torch_cpu[variant] = [], []
         except Exception as exc:  # noqa: BLE001 - reported as n/a with the reason
             torch_info[variant] = {"status": "n/a", "reason": _reason(exc)}
 
@@ -154,6 +154,7 @@ def run_case(case, args, peaks) -> dict:
                                         steps=args.steps, progress=_progress("jax"))
         jax_first = False
         jax_times += timing["step_times_s"]
+        jax_cpu += timing["step_cpu_s"]
         result["jax_final_loss"] = timing["final_loss"]
         for variant, step in list(torch_steps.items()):
             try:
@@ -168,6 +169,7 @@ def run_case(case, args, peaks) -> dict:
             if first_round:
                 torch_info[variant] = {"first_step_s": t["first_step_s"]}
             torch_times[variant] += t["step_times_s"]
+            torch_cpu[variant] += t["step_cpu_s"]
             torch_info[variant]["final_loss"] = t["final_loss"]
             if round_peak:
                 round_mfu[f"torch_{variant}"].append(
@@ -179,6 +181,7 @@ def run_case(case, args, peaks) -> dict:
     peak = peaks["jax"]["flops_per_s"]
     result["jax"] = {"step_source": built.step_source, **compile_info,
                      **report.summarise_times(jax_times, case.tokens_per_step, flops.total, peak)}
+    result["jax"]["median_step_cpu_s"] = statistics.median(jax_cpu)
     if round_mfu["jax"]:
         result["jax"]["mfu_vs_round_peak"] = statistics.median(round_mfu["jax"])
     for variant in args.torch_variants:
@@ -192,8 +195,11 @@ def run_case(case, args, peaks) -> dict:
             summary["mfu_vs_torch_peak"] = flops.total / summary["median_step_s"] / peaks["torch"]["flops_per_s"]
         if round_mfu.get(key):
             summary["mfu_vs_round_peak"] = statistics.median(round_mfu[key])
+        summary["median_step_cpu_s"] = statistics.median(torch_cpu[variant])
         result[key] = {**info, **summary}
         result[f"ratio_jax_over_{key}"] = result["jax"]["tokens_per_s"] / summary["tokens_per_s"]
+        # The same ratio in CPU seconds per step: less sensitive to other processes' load.
+        result[f"cpu_ratio_jax_over_{key}"] = summary["median_step_cpu_s"] / result["jax"]["median_step_cpu_s"]
 
     if not args.no_data:
         try:

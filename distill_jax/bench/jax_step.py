@@ -189,20 +189,25 @@ def compile_step(built: BuiltStep) -> tuple[Any, dict]:
 
 
 def time_compiled(compiled, built: BuiltStep, *, warmup: int, steps: int, progress=None) -> dict:
-    """warm-up steps, then `steps` steps each timed to completion (block_until_ready on the loss)."""
+    """warm-up steps, then `steps` steps each timed to completion (block_until_ready on the loss).
+
+    Also the process CPU time of each step (all threads): on a shared machine wall time grows
+    with other processes' load while CPU time mostly does not (spin-waiting aside)."""
     state = built.state
     metrics = None
     for _ in range(warmup):
         state, metrics = compiled(state, *built.args)
     if metrics is not None:
         jax.block_until_ready(metrics["loss"])
-    times = []
+    times, cpu_times = [], []
     for i in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, metrics = compiled(state, *built.args)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         if progress:
             progress(i + 1, steps, times[-1])
     built.state = state  # the old buffers were donated
-    return {"step_times_s": times, "final_loss": float(metrics["loss"]) if metrics else None}
+    return {"step_times_s": times, "step_cpu_s": cpu_times,
+            "final_loss": float(metrics["loss"]) if metrics else None}

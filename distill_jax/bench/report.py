@@ -72,10 +72,11 @@ def format_table(results: Sequence[dict]) -> str:
                 lines.append(f"{'':<44} {impl:<14} {'n/a: ' + t.get('reason', '')[:70]}")
                 continue
             ratio = r.get(f"ratio_jax_over_{impl}")
+            cpu_ratio = r.get(f"cpu_ratio_jax_over_{impl}")
             compile_s = t.get("first_step_s") if impl == "torch_compile" else None
             lines.append(f"{'':<44} {impl:<14} {t['median_step_s'] * 1e3:>9.1f} {t['tokens_per_s']:>10.0f} "
                          f"{_fmt(t.get('mfu'), '.1%'):>6} {_fmt(compile_s, '.1f', ''):>9} {'':>9} "
-                         f"{_fmt(ratio, '.2f'):>10}x")
+                         f"{_fmt(ratio, '.2f'):>10}x  (CPU-time ratio {_fmt(cpu_ratio, '.2f')}x)")
         data = r.get("data")
         if data and "tokens_per_s" in data:
             lines.append(f"{'':<44} {'data pipeline':<14} {'':>9} {data['tokens_per_s']:>10.0f}"

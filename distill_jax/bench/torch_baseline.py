@@ -212,11 +212,12 @@ def time_torch_step(step: TorchDistillStep, batch: dict[str, torch.Tensor], *, w
     first = time.perf_counter() - t0
     for _ in range(max(warmup - 1, 0)):
         step(batch)
-    times = []
+    times, cpu_times = [], []
     for i in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = float(step(batch))  # float() waits for the step (CPU torch is synchronous anyway)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         if progress:
             progress(i + 1, steps, times[-1])
-    return {"first_step_s": first, "step_times_s": times, "final_loss": loss}
+    return {"first_step_s": first, "step_times_s": times, "step_cpu_s": cpu_times, "final_loss": loss}
