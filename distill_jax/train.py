@@ -379,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     t0 = time.time()
     compiled = jitted.lower(state, teacher_params, first_batch).compile()
     compile_s = time.time() - t0
-    log(f"step compiled in {compile_s:.1f}s")
+    log(f"step compiled in {compile_s:.1f}s{_memory_line(compiled)}")
 
     tokens_per_step = config.batch_size * config.data.seq_len
     flops_per_step = _objective_flops(config, objective, teacher_cfg, student_cfg)
@@ -512,6 +512,17 @@ def _make_student(models, teacher_cfg, teacher_dir, teacher_f32, student_kwargs,
         graphdef, params = _split_params(student)
         params = jax.device_put(params, shardings)
     return student, graphdef, params, shardings
+
+
+def _memory_line(compiled) -> str:
+    """Per-device memory of the compiled step (XLA's analysis), when the backend reports it."""
+    try:
+        mem = compiled.memory_analysis()
+        parts = {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
+                 "temporaries": mem.temp_size_in_bytes}
+    except Exception:  # not every backend implements it
+        return ""
+    return "; per-device memory " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in parts.items())
 
 
 def _mean_scalars(host_metrics: list[dict]) -> dict[str, float]:
