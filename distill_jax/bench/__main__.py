@@ -235,7 +235,8 @@ def main(argv=None) -> dict:
 
     payload = {"command": "python -m distill_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv),
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-               "machine": report.machine_info(threads), "peak": peaks,
+               "machine": {**report.machine_info(threads), "cpu_device": device.platform == "cpu"},
+               "peak": peaks,
                "settings": {k: v for k, v in vars(args).items()},
                "gpu": ("not measured: this run is on CPU" if device.platform == "cpu" else
                        f"{device.device_kind}"),
@@ -243,6 +244,7 @@ def main(argv=None) -> dict:
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.name}", flush=True)
         payload["results"].append(run_case(case, args, peaks))
+        report.apply_peak(payload)
         report.write_json(args.out, payload)  # after every case: a long matrix keeps what it measured
     payload["machine"]["load_average_at_end"] = list(os.getloadavg())
     report.apply_peak(payload)  # MFU of every case against the best peak seen in the whole run
