@@ -377,7 +377,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     first_local = next(data_iter)
     first_batch = sharding.global_batch_from_local(first_local, mesh)
     t0 = time.time()
-    compiled = jitted.lower(state, teacher_params, first_batch).compile()
+    try:
+        compiled = jitted.lower(state, teacher_params, first_batch).compile()
+    except BaseException:
+        preemption.close()
+        raise
     compile_s = time.time() - t0
     log(f"step compiled in {compile_s:.1f}s{_memory_line(compiled)}")
 

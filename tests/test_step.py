@@ -53,15 +53,26 @@ def setup(microbatches=1, dropout=0.0, seed=0):
     return train_step, state, nnx.to_pure_dict(t_params), (teacher, student, objective, tx)
 
 
+@pytest.fixture(scope="module")
+def base():
+    """The default tiny step (no microbatching, dropout off), jitted once for the tests that share it."""
+    train_step, state, teacher_params, parts = setup()
+    return jax.jit(train_step), train_step, state, teacher_params, parts
+
+
+def fresh(state):
+    return jax.tree.map(jnp.array, state)  # the jitted steps donate nothing, but stay safe
+
+
 def close(a, b, rtol=1e-5, atol=1e-6):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
-def test_step_equals_a_hand_wired_update():
-    train_step, state, teacher_params, (teacher, student, objective, tx) = setup()
+def test_step_equals_a_hand_wired_update(base):
+    step, _, state, teacher_params, (teacher, student, objective, tx) = base
     batch = make_batch()
-    new_state, metrics = jax.jit(train_step)(state, teacher_params, batch)
+    new_state, metrics = step(fresh(state), teacher_params, batch)
 
     # The same update written out: teacher forward, student loss, grad, AdamW.
     s_graph, _ = nnx.split(student, nnx.Param)
@@ -90,16 +101,14 @@ def test_step_equals_a_hand_wired_update():
     assert float(loss) > 0 and float(optax.global_norm(grads["aux"])) > 0  # HS projections learn
 
 
-def test_microbatches_accumulate_to_the_full_batch_update():
+def test_microbatches_accumulate_to_the_full_batch_update(base):
     """Without padding every microbatch has the same number of valid rows, so the mean of the
     microbatch losses/gradients equals the full-batch one."""
     batch = make_batch(padding=False)
-    results = []
-    for m in (1, 4):
-        train_step, state, teacher_params, _ = setup(microbatches=m)
-        results.append(jax.jit(train_step)(state, teacher_params, batch))
-    (ref_state, ref_metrics), *others = results
-    for new_state, metrics in others:
+    step, _, state, teacher_params, _ = base
+    ref_state, ref_metrics = step(fresh(state), teacher_params, batch)
+    train_step4, state4, _, _ = setup(microbatches=4)
+    for new_state, metrics in [jax.jit(train_step4)(state4, teacher_params, batch)]:
         assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=1e-5)
         assert float(metrics["grad_norm"]) == pytest.approx(float(ref_metrics["grad_norm"]), rel=1e-4)
         close(new_state["params"], ref_state["params"], rtol=1e-4, atol=1e-5)
@@ -114,39 +123,38 @@ def test_dropout_masks_come_from_seed_and_step():
     train_step, state, teacher_params, _ = setup(dropout=0.3, seed=5)
     step = jax.jit(train_step)
     batch = make_batch()
-    copy = lambda s: jax.tree.map(jnp.array, s)  # noqa: E731
-    _, a = step(copy(state), teacher_params, batch)
-    _, b = step(copy(state), teacher_params, batch)
+    _, a = step(fresh(state), teacher_params, batch)
+    _, b = step(fresh(state), teacher_params, batch)
     assert float(a["loss"]) == float(b["loss"])  # same (seed, step): same masks
-    later = dict(copy(state), step=jnp.asarray(3, jnp.int32))
+    later = dict(fresh(state), step=jnp.asarray(3, jnp.int32))
     _, c = step(later, teacher_params, batch)
     assert float(c["loss"]) != float(a["loss"])  # another step: other masks
 
 
-def test_sharded_step_equals_single_device():
-    train_step, state, teacher_params, _ = setup()
+def test_sharded_step_equals_single_device(base):
+    step, train_step, state, teacher_params, _ = base
     batch = make_batch()
-    ref_state, ref_metrics = jax.jit(train_step)(jax.tree.map(jnp.array, state), teacher_params, batch)
+    ref_state, ref_metrics = step(fresh(state), teacher_params, batch)
 
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     repl = sharding.replicated(mesh)
     sharded = jax.jit(train_step, in_shardings=(repl, repl, sharding.batch_sharding(mesh, 1)),
                       out_shardings=(repl, repl), donate_argnums=(0,))
     global_batch = sharding.global_batch_from_local(batch, mesh)
-    new_state, metrics = sharded(jax.device_put(state, repl), teacher_params, global_batch)
+    new_state, metrics = sharded(jax.device_put(fresh(state), repl), teacher_params, global_batch)
     assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=1e-5)
     assert float(metrics["grad_norm"]) == pytest.approx(float(ref_metrics["grad_norm"]), rel=1e-4)
     close(new_state["params"], ref_state["params"], rtol=1e-4, atol=1e-5)  # Adam step ~ lr*sign(g)
 
 
-def test_non_finite_values_are_named_by_term():
+def test_non_finite_values_are_named_by_term(base):
     """NaN in the teacher's last FFN reaches the last hidden state (read by hs) but not that layer's
     Q/K/V (read by minilmv2, computed from the layer's input): the check must name hs."""
-    train_step, state, teacher_params, _ = setup()
+    step, _, state, teacher_params, _ = base
     poisoned = jax.tree.map(lambda x: x, teacher_params)
     kernel = poisoned["layers"][3]["ffn_out"]["kernel"]
     poisoned["layers"][3]["ffn_out"]["kernel"] = jnp.full_like(kernel, jnp.nan)
-    _, metrics = jax.jit(train_step)(state, poisoned, make_batch())
+    _, metrics = step(fresh(state), poisoned, make_batch())
     host = jax.device_get(metrics)
     assert not np.isfinite(host["loss"]) and not np.isfinite(host["terms"]["hs"])
     assert np.isfinite(host["terms"]["minilmv2"])
