@@ -14,7 +14,7 @@ tokenizer as <dir>, weights drawn fresh per seed).
 
 Arg keys (comma-separated; lists joined with '+'): task/tasks, model/models, labels, refs (add the
 teacher and random-init rows; default 1 with models= and 0 with model=), teacher, lrs, seeds, epochs, batch, max_len, max_train (cap every
-task's training rows), cap (per-task caps, 'sst2:4000+qnli:20000'), source ('tsv'|'hf'|'tfds'),
+task's training rows), cap (per-task caps, 'sst2:4000+qnli:20000'), epochs_per_task ('rte:4+cola:3'), source ('tsv'|'hf'|'tfds'),
 glue_dir, out (output folder; default the workdir), name (table file stem), runlocal (a tiny CPU
 smoke recipe), report_only (table from finished runs, no training). Any field can also be set with --config.<field>=... .
 """
@@ -43,7 +43,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, task="", tasks="", model="", models="", labels="", refs=-1,
                   teacher="sentence-transformers/all-MiniLM-L6-v2", lrs="", seeds="", epochs=0, batch=0,
-                  max_len=0, max_train=0, cap="", source="tsv", glue_dir=_DEFAULT_GLUE_DIR, out="",
+                  max_len=0, max_train=0, cap="", epochs_per_task="", source="tsv", glue_dir=_DEFAULT_GLUE_DIR, out="",
                   name="glue_results", runlocal=False, report_only=False)
     c = ml_collections.ConfigDict()
     c.mode = "glue"               # main.py dispatches to distill_jax.evaluate.run_from_config
@@ -74,6 +74,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 raise ValueError(f"config arg cap={a.cap!r}: use task:rows pairs joined by '+', e.g. sst2:4000")
             c.max_train_per_task[task] = int(rows)
     c.subsample_seed = 0
+
+    # Per-task recipe overrides {task: {finetune field: value}}, as papers tune epochs per task
+    # (small data sets such as RTE need more). Arg form: epochs_per_task=rte:4+cola:3.
+    c.finetune_per_task = ml_collections.ConfigDict({t: ml_collections.ConfigDict() for t in _TASKS})
+    for item in a.epochs_per_task.split("+"):
+        if item:
+            task, _, epochs = item.partition(":")
+            if task not in _TASKS or not epochs.isdigit():
+                raise ValueError(f"config arg epochs_per_task={a.epochs_per_task!r}: use task:epochs pairs joined "
+                                 "by '+', e.g. rte:4")
+            c.finetune_per_task[task].epochs = int(epochs)
 
     # Grid: every learning rate x every seed; BERT-paper style small-model grid by default.
     c.learning_rates = _floats(a.lrs) or ((5e-5,) if a.runlocal else (2e-5, 3e-5, 5e-5))

@@ -14,6 +14,7 @@ import re
 import sys
 
 import jax
+import ml_collections
 
 from distill_jax import sharding as shd
 from distill_jax.evaluate import data as data_lib
@@ -82,8 +83,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:80]
 
 
+def task_recipe(config, task: str):
+    """config.finetune with the task's overrides from config.finetune_per_task applied."""
+    recipe = ml_collections.ConfigDict(config.finetune.to_dict())
+    overrides = (config.get("finetune_per_task") or {}).get(task) or {}
+    for field, value in dict(overrides).items():
+        if field not in recipe:
+            raise ValueError(f"config.finetune_per_task.{task}.{field}: no such finetune field; use one of "
+                             f"{', '.join(sorted(recipe))}")
+        recipe[field] = value
+    return recipe
+
+
 def _fingerprint(config, model: model_io.GlueModel, task: str, train_rows: int, lr: float, seed: int) -> str:
-    recipe = {k: config.finetune[k] for k in _RECIPE_FIELDS}
+    recipe = {k: task_recipe(config, task)[k] for k in _RECIPE_FIELDS}
     key = json.dumps({"recipe": recipe, "model": model.spec, "task": task, "train_rows": train_rows,
                       "lr": lr, "seed": seed, "source": config.data.source,
                       "subsample_seed": config.subsample_seed}, sort_keys=True, default=str)
@@ -110,7 +123,9 @@ def _recipe_notes(config, task_names, train_info, source_desc) -> str:
         used, total = train_info[task]
         spec = get_task(task)
         capped = f" — **capped** at {used} of {total} training rows" if used < total else ""
-        lines.append(f"- {spec.display}: {used} training rows{capped}; dev rows "
+        epochs = task_recipe(config, task).epochs
+        own_epochs = f", {epochs} epochs" if epochs != ft.epochs else ""
+        lines.append(f"- {spec.display}: {used} training rows{capped}{own_epochs}; dev rows "
                      f"{', '.join(str(n) for n in train_info[task + ':dev'])}")
     lines.append("- 'majority class': always predicting the most frequent training label (chance level).")
     return "\n".join(lines) + "\n"
@@ -175,8 +190,9 @@ def run_from_config(config, workdir: str) -> dict:
         train_ex, dev_ex = examples[task]
         for model in loaded:
             tokenizer = tokenizers[model.spec]
-            train = encode.encode_examples(tokenizer, train_ex, int(config.finetune.max_len))
-            dev = {s: encode.encode_examples(tokenizer, d, int(config.finetune.max_len)) for s, d in dev_ex.items()}
+            max_len = int(task_recipe(config, task).max_len)
+            train = encode.encode_examples(tokenizer, train_ex, max_len)
+            dev = {s: encode.encode_examples(tokenizer, d, max_len) for s, d in dev_ex.items()}
             pair_runs = []
             for lr in config.learning_rates:
                 for seed in config.seeds:
@@ -191,7 +207,7 @@ def run_from_config(config, workdir: str) -> dict:
                         continue
                     result = finetune.finetune(
                         lambda s, m=model, k=spec.num_labels: m.make_classifier(k, s), model_io.forward, spec,
-                        train, dev, config.finetune, float(lr), int(seed), mesh, model_label=model.label,
+                        train, dev, task_recipe(config, task), float(lr), int(seed), mesh, model_label=model.label,
                         steps_cache=steps_cache, cache_key=model.cfg, log=_log)
                     record = result.to_json() | {"fingerprint": fp, "model_spec": model.spec}
                     pair_runs.append(record)
@@ -219,7 +235,8 @@ def run_from_config(config, workdir: str) -> dict:
                    "tfds": "tensorflow-datasets glue/*"}.get(config.data.source, config.data.source)
     notes = _recipe_notes(config, task_names, train_info, source_desc)
     payload = {
-        "recipe": config.finetune.to_dict(), "learning_rates": list(config.learning_rates),
+        "recipe": config.finetune.to_dict(),
+        "recipe_per_task": {t: task_recipe(config, t).to_dict() for t in task_names}, "learning_rates": list(config.learning_rates),
         "seeds": list(config.seeds), "tasks": task_names, "data_source": source_desc,
         "train_rows": {t: {"used": train_info[t][0], "total": train_info[t][1]} for t in task_names},
         "models": [{"label": m.label, "spec": m.spec, "random_init": m.random_init, "shape": m.shape}
