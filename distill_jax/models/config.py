@@ -57,6 +57,9 @@ class EncoderConfig:
     # jax.nn.dot_product_attention(implementation=...): None/'xla' everywhere; 'cudnn' = cuDNN fused
     # attention on NVIDIA GPUs (bf16/fp16 compute only; not exercised by CI, which has no GPU).
     attention_impl: str | None = None
+    # Rematerialise each layer on the backward pass (jax.checkpoint): activation memory drops from
+    # O(layers) to O(1) blocks at the cost of one extra forward. A training setting; never exported.
+    remat: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:

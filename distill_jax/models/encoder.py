@@ -169,6 +169,15 @@ class Pooler(nnx.Module):
         return jnp.tanh(self.dense(h_bsd[:, 0]))
 
 
+def _layer_call(layer: EncoderLayer, x_bsd, mask_bs, dropout_rng, output_attentions: bool):
+    return layer(x_bsd, mask_bs, dropout_rng=dropout_rng, output_attentions=output_attentions)
+
+
+# The same call under jax.checkpoint: only the layer's inputs are saved for the backward pass, its
+# activations (FFN [B,S,F], attention [B,H,S,S]) are recomputed there. output_attentions is static.
+_remat_layer_call = nnx.remat(_layer_call, static_argnums=(4,))
+
+
 class Encoder(nnx.Module):
     """BERT / RoBERTa / XLM-R encoder. Construct with `Encoder(cfg, rngs=nnx.Rngs(0))`.
 
@@ -214,9 +223,10 @@ class Encoder(nnx.Module):
 
         x_bsd = self.embeddings(input_ids_bs, token_type_ids_bs, layer_rng(cfg.num_layers))
         hidden, queries, keys, values, scores, probs = [x_bsd], [], [], [], [], []
+        call_layer = _remat_layer_call if cfg.remat else _layer_call
         for i, layer in enumerate(self.layers):
-            x_bsd, q, k, v, s, p = layer(x_bsd, attention_mask_bs, dropout_rng=layer_rng(i),
-                                         output_attentions=output_attentions)
+            x_bsd, q, k, v, s, p = call_layer(layer, x_bsd, attention_mask_bs, layer_rng(i),
+                                              output_attentions)
             hidden.append(x_bsd)
             queries.append(q)
             keys.append(k)
