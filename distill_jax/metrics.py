@@ -162,6 +162,12 @@ def create_writer(workdir: str):
     """clu writer of TensorBoard event files under workdir/tensorboard, on process 0 only (the
     other processes get a writer that drops everything). Asynchronous: call .close() at the end.
     Console output is `console_line`'s job, so no logging writer is added here."""
+    import os
+
+    # clu writes through TensorFlow; only its summary ops run, so TF's CPU kernels' settings are
+    # irrelevant here, and these keep its import banner off the console.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from clu import metric_writers
 
     if jax.process_index() > 0:
