@@ -98,6 +98,14 @@ def make_step_functions(model: nnx.Module, forward: Callable, regression: bool, 
         tx=tx, param_shardings=param_shardings, mesh=mesh)
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A replicated (out_shardings=replicated) array as numpy; across processes every host holds
+    the whole value, so its first local shard is the array."""
+    if not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(jax.device_get(x))
+
+
 def _local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's share of a global batch that every process built identically."""
     count, index = jax.process_count(), jax.process_index()
@@ -115,7 +123,7 @@ def predict(steps: StepFunctions, params, split: encode.EncodedSplit, batch_size
     """Model outputs for every row of `split`, in row order: [N, K] float32."""
     outputs = None
     for batch in encode.eval_batches(split, batch_size, max_len, pad_multiple):
-        out_bk = np.asarray(jax.device_get(steps.eval_step(params, _device_batch(batch, steps.mesh))))
+        out_bk = _to_host(steps.eval_step(params, _device_batch(batch, steps.mesh)))
         if outputs is None:
             outputs = np.zeros((len(split), out_bk.shape[-1]), np.float32)
         valid = batch["row_index"] >= 0
@@ -218,10 +226,10 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
             losses.append(loss)
             step += 1
             if log_every and step % log_every == 0:
-                recent = float(np.mean(jax.device_get(losses[-log_every:])))
+                recent = float(np.mean([_to_host(x) for x in losses[-log_every:]]))
                 log(f"[glue] {tag} step {step}/{total_steps} loss {recent:.4f} "
                     f"({(time.perf_counter() - epoch_start) / (step - (epoch - 1) * steps_per_epoch):.2f} s/step)")
-        train_loss = float(np.mean(jax.device_get(losses)))
+        train_loss = float(np.mean([_to_host(x) for x in losses]))
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"{tag}: training loss is {train_loss} in epoch {epoch}; "
                                      "lower the learning rate")
