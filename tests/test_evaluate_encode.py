@@ -78,3 +78,20 @@ def test_eval_batches_cover_every_row():
     index = np.concatenate([b["row_index"][b["row_index"] >= 0] for b in batches])
     assert sorted(index.tolist()) == [0, 1, 2, 3, 4]
     assert sum(b["weights"].sum() for b in batches) == 5
+
+
+def test_roberta_pair_template(tmp_path):
+    """A real RobertaTokenizerFast (byte-level BPE over a tiny vocabulary, no merges) applies the
+    family's pair template <s> a </s></s> b </s> with all-zero token types."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import RobertaTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(ByteLevel.alphabet()))}
+    RobertaTokenizerFast(vocab=vocab, merges=[]).save_pretrained(str(tmp_path / "tok"))
+    tok = encode.load_tokenizer(str(tmp_path / "tok"))  # the way model directories are read
+    split = encode.encode_examples(tok, data.Examples(["ab"], ["cd"], np.zeros(1, np.int32)), max_len=16)
+    a, b = [vocab["a"], vocab["b"]], [vocab["c"], vocab["d"]]
+    bos, eos = vocab["<s>"], vocab["</s>"]
+    assert split.input_ids[0].tolist() == [bos, *a, eos, eos, *b, eos]
+    assert not split.token_type_ids[0].any() and split.pad_id == vocab["<pad>"]
