@@ -208,6 +208,7 @@ def test_export_loads_with_transformers_and_matches_our_student(run_8dev, tiny_t
     np.testing.assert_allclose(mine[valid], theirs[valid], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_teacher, data_cache, tmp_path,
                                                                compilation_cache):
     """A subprocess gets SIGTERM (a preemption notice) as soon as its step is compiled: it finishes
@@ -251,6 +252,7 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
         assert new_losses[step] == pytest.approx(ref_losses[step], rel=1e-5), step
 
 
+@pytest.mark.slow
 def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teacher, data_cache, tmp_path,
                                                           compilation_cache):
     from distill_jax.train import train_and_evaluate
@@ -293,6 +295,28 @@ def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teache
         assert two_proc[step] == pytest.approx(reference[step], rel=2e-4), ("2 processes", step)
     # The loss moved: the runs are not trivially equal because nothing trained.
     assert abs(reference[TOTAL_STEPS] - reference[1]) > 1e-3
+
+
+def test_nan_stops_the_run_naming_the_step_and_the_term(tiny_teacher, data_cache, compilation_cache,
+                                                        tmp_path):
+    """A teacher whose last FFN is NaN poisons the hidden states (hs) but not the last layer's Q/K/V
+    (minilmv2): the run must stop at step 1 naming hs, before any checkpoint holds NaN."""
+    from safetensors.numpy import load_file, save_file
+
+    from distill_jax.train import train_and_evaluate
+
+    poisoned = tmp_path / "nan_teacher"
+    shutil.copytree(tiny_teacher, poisoned)
+    tensors = load_file(poisoned / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("layer.3.output.dense.weight"))
+    tensors[name] = np.full_like(tensors[name], np.nan)
+    save_file(tensors, poisoned / "model.safetensors", metadata={"format": "pt"})
+
+    config = tiny_config(poisoned, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
+    with pytest.raises(FloatingPointError, match=r"non-finite terms/hs at step 1\b") as info:
+        train_and_evaluate(config, str(tmp_path / "w"))
+    assert "\n" not in str(info.value)
+    assert not list((tmp_path / "w" / "checkpoints").glob("[0-9]*"))
 
 
 def test_missing_teacher_fails_fast_with_one_line(tmp_path):
