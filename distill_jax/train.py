@@ -304,6 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     for field in ("hidden_dropout", "attention_dropout"):
         if config.student.get(field) is not None:
             student_overrides[field] = float(config.student[field])
+    if config.student.get("remat"):
+        student_overrides["remat"] = True
     student, student_graphdef, student_params, student_shardings = _make_student(
         models, teacher_cfg, teacher_dir,
         teacher if teacher_dtype == "float32" else None, student_kwargs, student_overrides,

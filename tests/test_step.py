@@ -16,12 +16,12 @@ from distill_jax.models import Encoder, EncoderConfig
 VOCAB, SEQ, BATCH = 97, 16, 8
 
 
-def tiny_models(dropout: float = 0.0):
+def tiny_models(dropout: float = 0.0, remat: bool = False):
     teacher_cfg = EncoderConfig(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=4,
                                 intermediate_size=64, max_position_embeddings=32,
                                 hidden_dropout=0.0, attention_dropout=0.0)
     student_cfg = teacher_cfg.replace(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
-                                      hidden_dropout=dropout, attention_dropout=dropout)
+                                      hidden_dropout=dropout, attention_dropout=dropout, remat=remat)
     teacher = Encoder(teacher_cfg, rngs=nnx.Rngs(1))
     student = Encoder(student_cfg, rngs=nnx.Rngs(2))
     objective = build_objective({"minilmv2": {"weight": 1.0, "relation_heads": 4},
@@ -39,8 +39,8 @@ def make_batch(seed=0, padding=True):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
 
-def setup(microbatches=1, dropout=0.0, seed=0):
-    teacher, student, objective = tiny_models(dropout)
+def setup(microbatches=1, dropout=0.0, seed=0, remat=False):
+    teacher, student, objective = tiny_models(dropout, remat)
     t_graph, t_params = nnx.split(teacher, nnx.Param)
     s_graph, s_params = nnx.split(student, nnx.Param)
     tx = optax.adamw(optax.linear_schedule(1e-3, 0.0, 10), weight_decay=0.01)
@@ -112,6 +112,19 @@ def test_microbatches_accumulate_to_the_full_batch_update(base):
         assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=1e-5)
         assert float(metrics["grad_norm"]) == pytest.approx(float(ref_metrics["grad_norm"]), rel=1e-4)
         close(new_state["params"], ref_state["params"], rtol=1e-4, atol=1e-5)
+
+
+def test_remat_student_gives_the_same_update(base):
+    step, _, state, teacher_params, _ = base
+    batch = make_batch()
+    ref_state, ref_metrics = step(fresh(state), teacher_params, batch)
+    remat_step, remat_state, _, _ = setup(remat=True)
+    jaxpr = str(jax.make_jaxpr(remat_step)(remat_state, teacher_params, batch))
+    assert jaxpr.count("checkpoint[") + jaxpr.count("remat") >= 2  # each student layer
+    assert "checkpoint" not in str(jax.make_jaxpr(base[1])(state, teacher_params, batch))
+    new_state, metrics = jax.jit(remat_step)(remat_state, teacher_params, batch)
+    assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=1e-6)
+    close(new_state["params"], ref_state["params"], atol=1e-5)
 
 
 def test_microbatch_split_interleaves_rows():
