@@ -230,6 +230,7 @@ def main(argv=None) -> dict:
         peaks["torch"] = {"flops_per_s": value, "samples": [value],
                           "source": f"measured: best float32 {args.peak_n}x{args.peak_n} torch.mm, over "
                                     "samples taken at the start and before every round"}
+        peak_lib.record_cpu_peak(peaks["torch"], "torch")
     for name, p in peaks.items():
         print(f"peak ({name}): {p['flops_per_s'] / 1e9:.1f} GFLOP/s ({p['source']})", flush=True)
 

@@ -100,15 +100,15 @@ def apply_peak(payload: dict) -> None:
     """Recomputes every result's `mfu` (and `mfu_cpu_time`) against the run's final (best) peak."""
     peak = payload["peak"]["jax"]["flops_per_s"]
     torch_peak = payload["peak"].get("torch", {}).get("flops_per_s")
-    threads = payload["machine"]["threads"]
+    cpu_peak = payload["peak"]["jax"].get("flops_per_cpu_s")
     for r in payload["results"]:
         flops = r["case"]["flops_per_step"]["total"]
         for key, value in r.items():
             if isinstance(value, dict) and "achieved_flops_per_s" in value:
                 value["mfu"] = value["achieved_flops_per_s"] / peak
-                if value.get("median_step_cpu_s") and payload["machine"].get("cpu_device", True):
-                    # FLOPs per CPU-second over the per-thread share of the peak: what MFU would
-                    # be if the process had had its threads' cores to itself.
-                    value["mfu_cpu_time"] = flops / value["median_step_cpu_s"] / (peak / threads)
+                if value.get("median_step_cpu_s") and cpu_peak:
+                    # FLOPs per process-CPU-second of the step over the same for the matmul: both
+                    # in CPU time, so other processes' load cancels out (spin-waits count as busy).
+                    value["mfu_cpu_time"] = flops / value["median_step_cpu_s"] / cpu_peak
                 if key.startswith("torch") and torch_peak:
                     value["mfu_vs_torch_peak"] = value["achieved_flops_per_s"] / torch_peak
