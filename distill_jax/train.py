@@ -16,10 +16,12 @@ summary.json, loss_curves.png, config.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from distill_jax import checkpoint as ckpt_lib
 from distill_jax import metrics as metrics_lib
@@ -283,8 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     check_batch_fits_mesh(config, mesh)
     log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es); workdir {workdir}")
-    if jax.process_index() == 0 and "://" not in workdir:
-        os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
 
     # 3. Teacher: loaded once, cast once to its compute dtype, placed sharded, never checkpointed.
     t0 = time.time()
@@ -475,16 +478,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         final_student = host_params(state["params"]["student"])
         if jax.process_index() == 0:
             model = nnx.merge(student_graphdef, final_student)
-            models.export_pretrained(model, export_dir, tokenizer_dir=teacher_dir)
+            with _local_dir(export_dir) as local:
+                models.export_pretrained(model, local, tokenizer_dir=teacher_dir)
             summary["export_dir"] = export_dir
             log(f"student exported (HF format) to {export_dir}")
-    if jax.process_index() == 0 and "://" not in workdir:
-        with open(f"{workdir}/summary.json", "w") as f:
-            json.dump(summary, f, indent=1)
+    if jax.process_index() == 0:
+        epath.Path(f"{workdir}/summary.json").write_text(json.dumps(summary, indent=1))
         if history and not preempted:
             from distill_jax.plots import plot_loss_curves
-            plot_loss_curves(history, f"{workdir}/loss_curves.png",
-                             title=f"{config.teacher.name} -> {student_cfg.num_layers}x{student_cfg.hidden_size}")
+            with _local_dir(workdir, only="loss_curves.png") as local:
+                plot_loss_curves(history, f"{local}/loss_curves.png",
+                                 title=f"{config.teacher.name} -> {student_cfg.num_layers}x{student_cfg.hidden_size}")
         log(f"summary written to {workdir}/summary.json")
     return RunResult(final_step=step, final_metrics=last_metrics or {}, preempted=preempted,
                      summary=summary)
@@ -558,18 +562,35 @@ def _history_path(workdir: str) -> str:
 
 def _save_history(workdir: str, history: list[dict]) -> None:
     # The logged curve survives restarts, so summary.json and the PNG cover the whole run.
-    if jax.process_index() == 0 and "://" not in workdir:
-        os.makedirs(os.path.dirname(_history_path(workdir)), exist_ok=True)
-        with open(_history_path(workdir), "w") as f:
-            json.dump(history, f)
+    if jax.process_index() == 0:
+        path = epath.Path(_history_path(workdir))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(history))
 
 
 def _load_history(workdir: str) -> list[dict]:
     try:
-        with open(_history_path(workdir)) as f:
-            return json.load(f)
+        return json.loads(epath.Path(_history_path(workdir)).read_text())
     except (OSError, ValueError):
         return []
+
+
+@contextlib.contextmanager
+def _local_dir(target: str, only: str | None = None):
+    """A local directory to write into; for a remote target (gs://...) a temporary one whose files
+    (or just `only`) are copied to `target` afterwards. Writers that need real files (safetensors,
+    matplotlib) then work for any workdir."""
+    if "://" not in target:
+        os.makedirs(target, exist_ok=True)
+        yield target
+        return
+    with tempfile.TemporaryDirectory() as local:
+        yield local
+        out = epath.Path(target)
+        out.mkdir(parents=True, exist_ok=True)
+        for file in sorted(Path(local).iterdir()):
+            if only is None or file.name == only:
+                (out / file.name).write_bytes(file.read_bytes())
 
 
 def _summary(config, workdir, step, start_step, history, last_metrics, compile_s, train_s,
