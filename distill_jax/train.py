@@ -252,8 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     try:
         teacher_dir = str(models.resolve_model_dir(config.teacher.name))
     except FileNotFoundError as exc:
-        message = str(exc).replace("--config.teacher=", "--config.teacher.name=")
-        raise FileNotFoundError(f"config.teacher.name={config.teacher.name!r}: {message}") from None
+        raise FileNotFoundError(f"config.teacher.name={config.teacher.name!r}: {exc} "
+                                f"(--config.teacher.name=/path/to/dir)") from None
     from distill_jax.data import validate_data_config
     from distill_jax.models.hf_io import read_hf_config
     validate_data_config(config.data)

@@ -77,7 +77,7 @@ def _hub_reachable() -> bool:
 def _hub_offline_error(name: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"cannot find model '{name}' locally and the Hugging Face hub is unreachable; pass a local directory "
-        f"with config.json and model.safetensors (e.g. --config.teacher=/path/to/dir)")
+        f"with config.json and model.safetensors instead")
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
