@@ -40,8 +40,11 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_xi: jax.Array) -> jax.Array:
-        y_xo = jnp.dot(x_xi.astype(self.dtype), self.kernel[...].astype(self.dtype))
-        return y_xo + self.bias[...].astype(self.dtype)
+        # Accumulate in float32 and round once: with bf16 compute this is what the MXU/tensor cores
+        # do anyway, and on CPU it measured 1.37x faster than a bf16-output dot (BUILD_NOTES).
+        y_xo = jnp.dot(x_xi.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        return (y_xo + self.bias[...].astype(jnp.float32)).astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
