@@ -1,19 +1,12 @@
 """The README's "Using the losses in your own JAX project" example runs as written."""
 
-import pathlib
-import re
+from readme_blocks import README, python_example
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Using the losses in your own JAX project"
 
 
 def readme_example() -> str:
-    text = README.read_text()
-    assert SECTION in text, f"README.md lost its section {SECTION!r}"
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 1, "the section should hold exactly one python example"
-    return blocks[0]
+    return python_example(SECTION)
 
 
 def test_readme_losses_example_runs(capsys):

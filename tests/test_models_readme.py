@@ -1,23 +1,17 @@
 """The README's "Models: load, run, export" example runs as written (real teacher, real tokenizer)."""
 
-import pathlib
-import re
-
 import transformers
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+from readme_blocks import README, python_example
+
 SECTION = "## Models: load, run, export"
 EXPORT_DIR = "/tmp/student-3x384"
 
 
 def readme_example() -> str:
-    text = README.read_text()
-    assert SECTION in text, f"README.md lost its section {SECTION!r}"
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 1, "the section should hold exactly one python example"
-    assert EXPORT_DIR in blocks[0]
-    return blocks[0]
+    block = python_example(SECTION)
+    assert EXPORT_DIR in block
+    return block
 
 
 def test_readme_models_example_runs(tmp_path, capsys):
