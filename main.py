@@ -56,8 +56,14 @@ def main(argv):
     elif mode == "glue":
         from distill_jax.evaluate import run_from_config  # provided by the GLUE harness
         run_from_config(config, FLAGS.workdir)
+    elif mode == "fit_mlm_head":
+        from distill_jax.mlm_head import fit_mlm_head
+        fit_mlm_head(config, FLAGS.workdir)
+    elif mode == "study":
+        from studies.distill_methods import run_study  # repository-level, not in the wheel
+        run_study(config, FLAGS.workdir)
     else:
-        raise app.UsageError(f"config.mode={mode!r}: use 'distill' or 'glue'")
+        raise app.UsageError(f"config.mode={mode!r}: use 'distill', 'glue', 'fit_mlm_head' or 'study'")
 
 
 def _run():

@@ -5,7 +5,15 @@ together); one step = one optimizer update (with `microbatches` > 1, gradients o
 microbatches are accumulated inside the step).
 """
 
+import os
+
 import ml_collections
+
+# The workplace's real data (GLUE, Wikipedia sample, WikiText-2) beside the repository, see
+# ../shared/data/PROVENANCE.md; DISTILL_JAX_SHARED_DATA overrides. Configs that default to it fall
+# back to builtin data (or a clear error) when it is absent.
+SHARED_DATA_DIR = os.environ.get("DISTILL_JAX_SHARED_DATA") or os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
 
 
 def parse_arg(arg: str | None, **defaults):

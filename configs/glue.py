@@ -23,12 +23,10 @@ import os
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import SHARED_DATA_DIR, parse_arg
 
 # glue_data layout next to the repository (see ../shared/data/PROVENANCE.md); GLUE_DIR overrides.
-_DEFAULT_GLUE_DIR = os.environ.get(
-    "GLUE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-                             "glue"))
+_DEFAULT_GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(SHARED_DATA_DIR, "glue"))
 _TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 
 

@@ -273,6 +273,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         num_heads=config.student.num_heads, intermediate_size=config.student.intermediate_size)
     objective = build_objective(config.objective, ml_collections.ConfigDict(student_kwargs),
                                 teacher_shape)
+    if objective.needs_teacher_mlm_head and not models.has_mlm_head(teacher_dir):
+        raise ValueError(
+            f"config.teacher.name={config.teacher.name!r} has no MLM head, which objective.od needs; fit one on the "
+            f"frozen teacher with `python main.py --config=configs/fit_mlm_head.py --config.teacher.name="
+            f"{config.teacher.name} --workdir=DIR`, then pass --config.teacher.name=DIR/export")
     tx, lr_schedule = optim.make_optimizer(config.optim, config.total_steps)
 
     # 2. Mesh.

@@ -63,8 +63,16 @@ def split_spec(spec: str) -> tuple[bool, str]:
     return False, spec
 
 
+# Directory names that say nothing about the model (the trainer's and the MLM-head fit's output
+# folder): such a directory is labelled by its parent folder instead.
+_GENERIC_DIR_NAMES = ("export", "model", "final")
+
+
 def _default_label(name: str, random_init: bool, cfg) -> str:
-    base = os.path.basename(os.path.normpath(name)) or name
+    path = os.path.normpath(name)
+    base = os.path.basename(path) or name
+    if base in _GENERIC_DIR_NAMES and os.path.basename(os.path.dirname(path)):
+        base = os.path.basename(os.path.dirname(path))
     if random_init:
         return f"random-init {cfg.num_layers}x{cfg.hidden_size} ({base} shape)"
     return base

@@ -135,7 +135,9 @@ def bar_chart(task_names: list[str], row_names: list[str], summaries: dict, path
 
     specs = [get_task(t) for t in task_names]
     width = 0.8 / max(len(row_names), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(specs), 3.4), dpi=100)
+    # Wide enough for every bar (about 0.22 inch each), and never narrower than the legend needs.
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.22 * len(specs) * len(row_names) + 0.4 * len(specs)), 3.8),
+                           dpi=100)
     x = np.arange(len(specs))
     for i, row in enumerate(row_names):
         med = np.array([100 * summaries[(row, s.name)]["median_score"] if (row, s.name) in summaries else np.nan
@@ -150,11 +152,13 @@ def bar_chart(task_names: list[str], row_names: list[str], summaries: dict, path
     ax.set_ylabel("dev score (%)", fontsize=8)
     ax.tick_params(axis="y", labelsize=8)
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    # The legend goes below the axes, in columns, and the saved figure grows to hold it
+    # (bbox_inches="tight"): a legend beside a one-task chart used to be cut off.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False,
+              ncol=min(len(row_names), 3))
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -95,9 +95,11 @@ def task_recipe(config, task: str):
     return recipe
 
 
-def _fingerprint(config, model: model_io.GlueModel, task: str, train_rows: int, lr: float, seed: int) -> str:
+def fingerprint(config, model_key: str, task: str, train_rows: int, lr: float, seed: int) -> str:
+    """16 hex digits identifying one run: model (its spec, or any key the caller chooses), task,
+    recipe, training rows, lr, seed, data source. A saved run is reused only when it matches."""
     recipe = {k: task_recipe(config, task)[k] for k in _RECIPE_FIELDS}
-    key = json.dumps({"recipe": recipe, "model": model.spec, "task": task, "train_rows": train_rows,
+    key = json.dumps({"recipe": recipe, "model": model_key, "task": task, "train_rows": train_rows,
                       "lr": lr, "seed": seed, "source": config.data.source,
                       "subsample_seed": config.subsample_seed}, sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -110,6 +112,40 @@ def _load_run(path: str, fingerprint: str) -> dict | None:
     with open(path) as f:
         saved = json.load(f)
     return saved if saved.get("fingerprint") == fingerprint else None
+
+
+def run_or_reuse(config, model: model_io.GlueModel, task: str, train, dev, lr: float, seed: int, path: str,
+                 fingerprint: str, *, steps_cache: dict, report_only: bool = False,
+                 extra: dict | None = None) -> dict | None:
+    """The record of one fine-tuning run: the one saved at `path` when its fingerprint matches,
+    else (unless report_only) a new run, written to `path` (atomically) as soon as it ends.
+
+    train / dev: encode.EncodedSplit (dev: {split: EncodedSplit}); extra: fields added to a new
+    record (e.g. a study's method name). Returns None for a missing run under report_only.
+    """
+    saved = _load_run(path, fingerprint)
+    if saved is not None:
+        _log(f"[glue] reusing {path}")
+        return saved
+    if report_only:
+        return None
+    spec = get_task(task)
+    result = finetune.finetune(
+        lambda s: model.make_classifier(spec.num_labels, s), model_io.forward, spec, train, dev,
+        task_recipe(config, task), float(lr), int(seed), _mesh(config), model_label=model.label,
+        steps_cache=steps_cache, cache_key=model.cfg, log=_log)
+    record = result.to_json() | {"fingerprint": fingerprint, "model_spec": model.spec} | (extra or {})
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)   # a killed run never leaves half a record
+    return record
+
+
+def _mesh(config):
+    """The fine-tuning mesh of config.mesh."""
+    return shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
 
 def _recipe_notes(config, task_names, train_info, source_desc) -> str:
@@ -146,7 +182,7 @@ def run_from_config(config, workdir: str) -> dict:
     is_writer = jax.process_index() == 0
     if is_writer:
         os.makedirs(runs_dir, exist_ok=True)
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh = _mesh(config)
     _log(f"[glue] tasks {task_names}; mesh {dict(mesh.shape)}; lrs {list(config.learning_rates)}; "
          f"seeds {list(config.seeds)}; out {out_dir}")
 
@@ -196,24 +232,12 @@ def run_from_config(config, workdir: str) -> dict:
             pair_runs = []
             for lr in config.learning_rates:
                 for seed in config.seeds:
-                    fp = _fingerprint(config, model, task, len(train), float(lr), int(seed))
+                    fp = fingerprint(config, model.spec, task, len(train), float(lr), int(seed))
                     path = os.path.join(runs_dir, f"{_slug(model.label)}__{task}__lr{float(lr):g}__seed{seed}.json")
-                    saved = _load_run(path, fp)
-                    if saved is not None:
-                        _log(f"[glue] reusing {path}")
-                        pair_runs.append(saved)
-                        continue
-                    if report_only:
-                        continue
-                    result = finetune.finetune(
-                        lambda s, m=model, k=spec.num_labels: m.make_classifier(k, s), model_io.forward, spec,
-                        train, dev, task_recipe(config, task), float(lr), int(seed), mesh, model_label=model.label,
-                        steps_cache=steps_cache, cache_key=model.cfg, log=_log)
-                    record = result.to_json() | {"fingerprint": fp, "model_spec": model.spec}
-                    pair_runs.append(record)
-                    if is_writer:
-                        with open(path, "w") as f:
-                            json.dump(record, f, indent=1)
+                    record = run_or_reuse(config, model, task, train, dev, lr, seed, path, fp,
+                                          steps_cache=steps_cache, report_only=report_only)
+                    if record is not None:
+                        pair_runs.append(record)
             if not pair_runs:
                 _log(f"[glue] {model.label} {task}: no finished runs (report_only), left out of the table")
                 continue

@@ -176,6 +176,23 @@ def read_checkpoint(model_dir: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _safetensors_names(path: Path) -> list[str]:
+    """Tensor names of one .safetensors file, from its JSON header only (no tensor data is read)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        return [name for name in json.loads(f.read(header_len)) if name != "__metadata__"]
+
+
+def has_mlm_head(model_dir: str | os.PathLike) -> bool:
+    """Whether the checkpoint in `model_dir` holds trained MLM-head tensors (beyond the decoder tied
+    to the word embeddings). Reads file headers only, so a check costs milliseconds."""
+    model_dir = Path(model_dir)
+    family = EncoderConfig.from_hf_dict(read_hf_config(model_dir), source=str(model_dir / "config.json")).family
+    names = [_canonical_name(n, "") for f in _weight_files(model_dir) for n in _safetensors_names(f)]
+    prefix = mlm_head_prefix(family)
+    return any(n.startswith(prefix) and n not in TIED_NAMES[family] for n in names)
+
+
 def read_hf_config(model_dir: Path) -> dict:
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():

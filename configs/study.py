@@ -1,0 +1,159 @@
+"""The OD vs HS vs MHA study: distil one student per method, fine-tune each downstream, one table.
+
+    python main.py --config=configs/study.py:preset=cpu --workdir=$HOME/.cache/distill_jax/study/cpu \
+        --config.report_dir=docs/study
+    python main.py --config=configs/study.py:preset=cpu,report_only --workdir=... --config.report_dir=docs/study
+    python main.py --config=configs/study.py:preset=pod,dry_run --workdir=gs://<bucket>/study   # prints the plan
+
+Every method gets the same teacher, corpus, token budget, optimizer, schedule and seed; only
+`method_objectives[method]` differs. Reruns of the same command skip finished records and resume an
+unfinished distillation from its checkpoints (studies/distill_methods.py). The workdir holds the
+heavy state (checkpoints, exported students, the fitted MLM head); `report_dir` holds one small JSON
+record per distillation and per (method, task, seed) fine-tuning run, and the table + chart built
+from those records alone.
+
+Presets:
+  cpu  the offline all-MiniLM-L6-v2 (6x384) -> 3x384 random-init students, 2000 steps of 32 x 64
+       tokens (4.1 M tokens) of the English Wikipedia sample in ../shared/data, fine-tuned on SST-2,
+       CoLA and MRPC (capped training sets, full dev sets), 3 seeds, one fixed recipe. Sized to a
+       few CPU-hours on 2 cores (measured figures in BUILD_NOTES.md, "Study").
+  pod  paper scale for a TPU slice: bert-base-uncased (12x768, bf16, ships its MLM head) -> 6x384,
+       Wikipedia from the hub, 1024 x 512 for 400K steps (MiniLMv2's budget), full GLUE training
+       and dev sets, a learning-rate grid and 5 seeds. `dry_run` prints the plan without running.
+
+Args: preset=cpu|pod, only=<m1+m2> (a subset of methods, same records), steps=<n> (distillation
+steps; changes every method's budget and so its records' identity), report_only, dry_run.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import glue as glue_config
+
+# Table rows, in order: method name -> (label, objective dict or a reference kind).
+# 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student shape at its random init
+# (the very weights every distilled student starts from): no distillation.
+REFERENCES = ("teacher", "none")
+
+
+def _objectives(preset: str) -> dict:
+    """The distillation objective of every method (distill_jax/losses/objective.py schema)."""
+    relation_heads = 48  # MiniLMv2 for base-size teachers: 384/48 = 8 (768/48 = 16) dims per relation head
+    return {
+        # MiniLMv2 (arXiv:2012.15828): Q-Q, K-K, V-V relation KL, teacher's last layer.
+        "minilmv2_last": {"minilmv2": dict(weight=1.0, relation_heads=relation_heads, teacher_layer=-1,
+                                           student_layer=-1)},
+        # The same from layer L_T - 1, the "upper-middle" layer the seed paper recommends.
+        "minilmv2_upper": {"minilmv2": dict(weight=1.0, relation_heads=relation_heads, teacher_layer=-2,
+                                            student_layer=-1)},
+        # MiniLM v1 (arXiv:2002.10957): attention distributions + value relations, last layers
+        # (needs equal head counts: 12 and 12).
+        "minilm_v1": {"minilm": dict(weight=1.0, teacher_layer=-1, student_layer=-1)},
+        # Hidden states, MSE, learned per-layer projections when widths differ (768 -> 384 on the
+        # pod; at equal widths, 384 = 384 on CPU, the identity: no parameters to learn).
+        "hs_last": {"hs": dict(weight=1.0, map="last", loss="mse")},
+        "hs_uniform": {"hs": dict(weight=1.0, map="uniform", loss="mse")},
+        "hs_uniform_cons": {"hs": dict(weight=1.0, map="uniform_cons", loss="mse")},
+        "hs_uniform_last": {"hs": dict(weight=1.0, map="uniform_last", loss="mse")},
+        # Output distribution, DistilBERT's loss (configs/od_l6_h384.py): 5 x T^2-scaled KL at
+        # T = 2 between the MLM distributions at the masked positions, plus the hard-label MLM
+        # cross-entropy (weight 2). The teacher's MLM head: its own (pod) or fitted (cpu).
+        "od": {"od": dict(weight=5.0, temperature=2.0, positions="mlm", chunk_size=32),
+               "mlm": dict(weight=2.0)},
+    }
+
+
+LABELS = {
+    "teacher": "teacher (6x384, all-MiniLM-L6-v2)",
+    "none": "no distillation (random init)",
+    "minilmv2_last": "MiniLMv2 Q/K/V, teacher last layer",
+    "minilmv2_upper": "MiniLMv2 Q/K/V, teacher layer L-1",
+    "minilm_v1": "MiniLM v1 (attention + value)",
+    "hs_last": "HS MSE, map last",
+    "hs_uniform": "HS MSE, map uniform",
+    "hs_uniform_cons": "HS MSE, map uniform_cons",
+    "hs_uniform_last": "HS MSE, map uniform_last",
+    "od": "OD (KL T=2 x5 + MLM x2)",
+}
+
+
+def _cpu(c: ml_collections.ConfigDict) -> None:
+    import os
+
+    c.teacher_name = "sentence-transformers/all-MiniLM-L6-v2"
+    d = c.distill
+    d.teacher.dtype = "float32"               # bf16 matmuls are slow on CPU
+    d.student.num_layers, d.student.hidden_size = 3, 384
+    d.student.num_heads, d.student.intermediate_size = 12, 1536
+    d.data.source = "wikiextractor"
+    d.data.paths = os.path.join(common.SHARED_DATA_DIR, "corpus", "wikipedia_en_sample", "text")
+    d.data.seq_len = 64
+    d.data.mlm.max_predictions = 10            # 15% of 62 maskable tokens (OD only)
+    d.batch_size = 32
+    d.total_steps = 2000                      # 2000 x 32 x 64 = 4.1 M tokens, ~one pass over the sample
+    d.optim.learning_rate = 5e-4
+    d.optim.warmup_steps = 200                # 10%, then linear decay to 0
+    d.log_every = 50
+    d.checkpoint_every = 250                  # a killed run loses at most ~4 minutes
+    d.keep_checkpoints = 2
+
+    c.glue = glue_config.get_config(
+        "tasks=sst2+cola+mrpc,refs=0,lrs=1e-4,seeds=0+1+2,epochs=3,batch=32,max_len=128,"
+        "cap=sst2:2000+cola:2000+mrpc:2000")
+    c.glue.finetune.log_every_steps = 0       # one console line per epoch
+    c.fit_head = _fit_head_config("")
+
+
+def _pod(c: ml_collections.ConfigDict) -> None:
+    from configs import mha_l6_h384
+
+    c.teacher_name = "bert-base-uncased"      # ships its MLM head: OD needs no fitting
+    pod = mha_l6_h384.get_config()            # MiniLMv2's paper-scale recipe, shared by every method
+    pod.objective = ml_collections.ConfigDict()
+    c.distill = pod
+    c.distill.data.mlm.max_predictions = 80   # 15% of 512 (OD only)
+    c.glue = glue_config.get_config(
+        "tasks=mnli+qnli+qqp+sst2+cola+mrpc+rte+stsb,refs=0,lrs=1e-5+2e-5+3e-5+5e-5,seeds=0+1+2+3+4,"
+        "epochs=3,epochs_per_task=rte:10+mrpc:5+stsb:5+cola:5")
+    c.glue.data.source = "hf"                 # nyu-mll/glue from the hub: every task, full sets
+    c.glue.dtype = "bfloat16"
+    c.fit_head = _fit_head_config("")
+
+
+def _fit_head_config(arg: str) -> ml_collections.ConfigDict:
+    from configs import fit_mlm_head
+
+    return fit_mlm_head.get_config(arg)
+
+
+def get_config(arg=None):
+    args = common.parse_arg(arg, preset="cpu", only="", steps=0, report_only=False, dry_run=False)
+    if args.preset not in ("cpu", "pod"):
+        raise ValueError(f"config arg preset={args.preset!r}: use preset=cpu or preset=pod")
+    c = ml_collections.ConfigDict()
+    c.mode = "study"              # main.py dispatches to studies.distill_methods.run_study
+    c.preset = args.preset
+    c.distill = common.base_config()  # the trainer config every method shares (objective set per method)
+    c.distill.export = True
+    if args.preset == "cpu":
+        _cpu(c)
+    else:
+        _pod(c)
+    c.distill.teacher.name = c.teacher_name
+    if args.steps:
+        c.distill.total_steps = args.steps
+        c.distill.optim.warmup_steps = max(1, args.steps // 10)
+        c.distill.checkpoint_every = min(c.distill.checkpoint_every, args.steps)
+    objectives = _objectives(args.preset)
+    c.methods = ("teacher", "none", *objectives)   # table rows, in this order; also the run order
+    c.method_objectives = ml_collections.ConfigDict(objectives)
+    labels = dict(LABELS)
+    if args.preset == "pod":
+        labels["teacher"] = "teacher (12x768, bert-base-uncased)"
+    c.method_labels = ml_collections.ConfigDict(labels)
+    c.only = args.only            # '+'-separated subset of methods to run ('' = all); the report shows all records
+    c.report_dir = ""             # '' = <workdir>/report; records/ and the table live here
+    c.report_only = args.report_only  # rebuild the table and chart from the records; train nothing
+    c.dry_run = args.dry_run      # print the plan (methods, budgets, runs) and stop
+    c.fit_head.enabled = True     # fit the teacher's MLM head first when an OD method needs one it lacks
+    return c

@@ -1,0 +1,266 @@
+"""Fit BERT's masked-LM head on a frozen encoder, so teachers shipped without one can run OD.
+
+Most sentence-transformers checkpoints (all-MiniLM-L6-v2 among them) keep the encoder and drop the
+MLM head, so output-distribution distillation (`objective.od`) has no teacher distribution to
+match. This mode fits the head BERT defines — transform (dense + GELU) -> LayerNorm -> decoder tied
+to the word embeddings + output bias — by masked-LM cross-entropy on a corpus, with every encoder
+weight (word embeddings included, which the decoder shares) frozen: only the transform, the
+LayerNorm and the bias train. The result is written as an HF `*ForMaskedLM` directory that
+`distill_jax.models.load_pretrained` and `transformers.AutoModelForMaskedLM` both load, and that
+an OD recipe takes as `config.teacher.name`.
+
+    python main.py --config=configs/fit_mlm_head.py --workdir=/tmp/minilm_mlm_head
+
+Workdir: checkpoints/ (head + optimizer state; a rerun resumes), export/ (the teacher with its
+head), fit_record.json (masked-token accuracy and perplexity on the eval corpus before and after,
+steps, tokens, times), loss_curves.png. A finished workdir is left as it is by a rerun.
+
+Evaluation: the eval corpus is packed and masked exactly like training data (15% of tokens, BERT's
+80/10/10 corruption, masks fixed by eval_seed), read once in order; accuracy is the share of masked
+positions whose arg-max is the original token, perplexity exp(mean cross-entropy) over them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from distill_jax import sharding
+
+HEAD = "mlm_head"   # the Encoder attribute holding the head's parameters
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[mlm_head] {message}", flush=True)
+
+
+def split_head(model: nnx.Module) -> tuple[Any, dict, dict]:
+    """(graphdef, frozen params, head params) as pure dicts; the head is params[HEAD]."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    pure = nnx.to_pure_dict(params)
+    head = pure.pop(HEAD)
+    return graphdef, pure, head
+
+
+def masked_lm_sums(graphdef, frozen: dict, head: dict, batch: dict) -> dict[str, jax.Array]:
+    """Sums over the batch's masked positions: cross-entropy (nats), correct arg-max, count.
+
+    batch: input_ids / attention_mask / token_type_ids [B, S]; mlm_positions / mlm_ids [B, P];
+    mlm_weights [B, P] (1 = a real prediction). The encoder is frozen (stop_gradient), so a
+    gradient wrt `head` never runs the encoder backward.
+    """
+    model = nnx.merge(graphdef, {**frozen, HEAD: head})
+    out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    h_bsd = jax.lax.stop_gradient(out.hidden_states[-1])
+    h_bpd = jnp.take_along_axis(h_bsd, batch["mlm_positions"][..., None], axis=1)
+    logits_bpv = model.mlm_logits(h_bpd).astype(jnp.float32)
+    w_bp = batch["mlm_weights"].astype(jnp.float32)
+    ce_bp = optax.softmax_cross_entropy_with_integer_labels(logits_bpv, batch["mlm_ids"])
+    correct_bp = (jnp.argmax(logits_bpv, axis=-1) == batch["mlm_ids"]).astype(jnp.float32)
+    return {"ce_sum": jnp.sum(ce_bp * w_bp), "correct": jnp.sum(correct_bp * w_bp), "count": jnp.sum(w_bp)}
+
+
+def make_steps(graphdef, tx: optax.GradientTransformation):
+    """(train_step, eval_step), both pure and jitted.
+
+    train_step(head, opt_state, frozen, batch) -> (head, opt_state, metrics);
+    eval_step(head, frozen, batch) -> sums (see masked_lm_sums).
+    """
+    def loss_fn(head, frozen, batch):
+        sums = masked_lm_sums(graphdef, frozen, head, batch)
+        return sums["ce_sum"] / jnp.maximum(sums["count"], 1.0), sums
+
+    @jax.jit
+    def train_step(head, opt_state, frozen, batch):
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(head, frozen, batch)
+        updates, opt_state = tx.update(grads, opt_state, head)
+        head = optax.apply_updates(head, updates)
+        metrics = {"loss": loss, "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
+                   "grad_norm": optax.global_norm(grads)}
+        return head, opt_state, metrics
+
+    eval_step = jax.jit(lambda head, frozen, batch: masked_lm_sums(graphdef, frozen, head, batch))
+    return train_step, eval_step
+
+
+def evaluate(eval_step, head, frozen, batches, mesh) -> dict[str, float]:
+    """Masked-token accuracy (%), perplexity and mean cross-entropy over every batch of `batches`."""
+    totals = {"ce_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for local in batches:
+        sums = jax.device_get(eval_step(head, frozen, sharding.global_batch_from_local(local, mesh)))
+        for key in totals:
+            totals[key] += float(sums[key])
+    n = max(totals["count"], 1.0)
+    ce = totals["ce_sum"] / n
+    return {"accuracy": 100.0 * totals["correct"] / n, "perplexity": float(np.exp(ce)),
+            "cross_entropy": ce, "positions": int(totals["count"])}
+
+
+def _eval_batches(config, tokenizer, mlm) -> list[dict]:
+    """The whole eval corpus once, in order, with fixed masks (the same for 'before' and 'after')."""
+    from distill_jax import data as data_lib
+
+    it = data_lib.build_train_iterator(
+        config.eval_data, tokenizer, per_host_batch_size=config.eval_batch_size // jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        seed=int(config.eval_seed), mlm=mlm, num_epochs=1)
+    batches = list(it)
+    if config.max_eval_batches:
+        batches = batches[:int(config.max_eval_batches)]
+    return batches
+
+
+def check_config(config) -> None:
+    """One-line errors naming the field, before anything is loaded."""
+    for field in ("total_steps", "batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
+        value = config[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{field}={value!r}: must be a positive integer")
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] % jax.device_count():
+            raise ValueError(f"config.{field}={config[field]} does not split over the {jax.device_count()} "
+                             f"devices; use a multiple of {jax.device_count()}")
+    if config.max_eval_batches < 0:
+        raise ValueError(f"config.max_eval_batches={config.max_eval_batches}: must be >= 0 (0 = all)")
+
+
+def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Fits the MLM head of config.teacher.name (frozen) and exports teacher + head to workdir/export.
+
+    Returns the fit record (also written to workdir/fit_record.json).
+    """
+    from distill_jax import checkpoint as ckpt_lib
+    from distill_jax import data as data_lib
+    from distill_jax import models, optim
+
+    config = ml_collections.ConfigDict(config)
+    workdir = os.path.abspath(workdir)
+    record_path = os.path.join(workdir, "fit_record.json")
+    if os.path.isfile(record_path) and os.path.isfile(os.path.join(workdir, "export", "config.json")):
+        log(f"already fitted: {record_path} (delete the workdir to fit again)")
+        with open(record_path) as f:
+            return json.load(f)
+    check_config(config)
+    try:
+        teacher_dir = str(models.resolve_model_dir(config.teacher.name))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"config.teacher.name={config.teacher.name!r}: {exc}") from None
+    data_lib.validate_data_config(config.data)
+    data_lib.validate_data_config(config.eval_data)
+    t_start, cpu_start = time.time(), time.process_time()
+
+    mesh = sharding.make_mesh(-1, 1, 1)
+    teacher, cfg, report = models.load_pretrained(teacher_dir, with_mlm_head=True,
+                                                 rngs=nnx.Rngs(int(config.seed)))
+    from distill_jax.models.hf_names import mlm_head_prefix
+    head_missing = [name for name in report.missing if name.startswith(mlm_head_prefix(cfg.family))]
+    log(f"teacher {config.teacher.name} ({cfg.num_layers}x{cfg.hidden_size}) from {teacher_dir}; "
+        + ("fresh MLM head (the checkpoint has none)" if head_missing else "starting from the checkpoint's MLM head"))
+    graphdef, frozen, head = split_head(teacher)
+    repl = sharding.replicated(mesh)
+    frozen, head = jax.device_put(frozen, repl), jax.device_put(head, repl)
+
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
+    opt_state = tx.init(head)
+    train_step, eval_step = make_steps(graphdef, tx)
+
+    tokenizer = data_lib.load_tokenizer(teacher_dir)
+    data_lib.check_vocab(tokenizer, cfg.vocab_size)
+    mlm = data_lib.MlmConfig.from_config(config.data.mlm)
+    eval_batches = _eval_batches(config, tokenizer, data_lib.MlmConfig.from_config(config.eval_data.mlm))
+
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2,
+                                         async_save=False)
+    state = {"step": jnp.zeros((), jnp.int32), "head": head, "opt_state": opt_state}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+    train_it = data_lib.build_train_iterator(
+        config.data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count(), seed=int(config.seed), mlm=mlm)
+    restored = checkpointer.restore_latest(abstract)
+    meta: dict = {}
+    if restored is not None:
+        state, meta = restored.state, restored.meta
+        train_it.set_state(restored.data_state)
+        log(f"resumed from checkpoint step {restored.step}")
+        before = meta["before"]
+    else:
+        log(f"evaluating the fresh head on {len(eval_batches)} batches of {config.eval_batch_size} x "
+            f"{config.eval_data.seq_len}")
+        before = evaluate(eval_step, state["head"], frozen, eval_batches, mesh)
+        log(f"before: masked-token accuracy {before['accuracy']:.2f}%, perplexity {before['perplexity']:.1f}")
+    history = list(meta.get("history", []))
+    step = int(jax.device_get(state["step"]))
+    head, opt_state = state["head"], state["opt_state"]
+    loop_start, steps_this_run, pending = time.time(), 0, []
+    while step < config.total_steps:
+        batch = sharding.global_batch_from_local(next(train_it), mesh)
+        head, opt_state, metrics = train_step(head, opt_state, frozen, batch)
+        step += 1
+        steps_this_run += 1
+        pending.append(metrics)
+        if step % config.log_every == 0 or step == config.total_steps:
+            values = jax.device_get(pending)
+            pending = []
+            row = {"step": step, "loss": float(np.mean([v["loss"] for v in values])),
+                   "accuracy": 100.0 * float(np.mean([v["accuracy"] for v in values]))}
+            if not np.isfinite(row["loss"]):
+                raise FloatingPointError(f"non-finite MLM loss at step {step}; lower optim.learning_rate")
+            history.append(row)
+            rate = steps_this_run / max(time.time() - loop_start, 1e-9)
+            eta = (config.total_steps - step) / max(rate, 1e-9)
+            log(f"step {step}/{config.total_steps} | loss {row['loss']:.3f} | masked acc {row['accuracy']:.1f}% | "
+                f"{rate:.2f} steps/s | ETA {eta / 60:.1f} min")
+        if step % config.checkpoint_every == 0 or step == config.total_steps:
+            state = {"step": jnp.asarray(step, jnp.int32), "head": head, "opt_state": opt_state}
+            checkpointer.save(step, state, train_it.get_state(), {"before": before, "history": history})
+    checkpointer.close()
+
+    after = evaluate(eval_step, head, frozen, eval_batches, mesh)
+    log(f"after {step} steps: masked-token accuracy {after['accuracy']:.2f}% (was {before['accuracy']:.2f}%), "
+        f"perplexity {after['perplexity']:.1f} (was {before['perplexity']:.1f})")
+
+    model = nnx.merge(graphdef, jax.device_get({**frozen, HEAD: head}))
+    export_dir = os.path.join(workdir, "export")
+    if jax.process_index() == 0:
+        models.export_pretrained(model, export_dir, tokenizer_dir=teacher_dir)
+    record = {
+        "teacher": config.teacher.name, "teacher_dir": teacher_dir, "export_dir": export_dir,
+        "steps": step, "batch_size": int(config.batch_size), "seq_len": int(config.data.seq_len),
+        "train_tokens": step * int(config.batch_size) * int(config.data.seq_len),
+        "trainable_parameters": int(sum(x.size for x in jax.tree.leaves(head))),
+        "train_corpus": _describe(config.data), "eval_corpus": _describe(config.eval_data),
+        "eval_masking": dict(config.eval_data.mlm), "eval_seed": int(config.eval_seed),
+        "before": before, "after": after, "history": history,
+        "optim": config.optim.to_dict(),
+        "times_s": {"wall_this_run": time.time() - t_start, "cpu_this_run": time.process_time() - cpu_start},
+        "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count()},
+    }
+    if jax.process_index() == 0:
+        with open(record_path, "w") as f:
+            json.dump(record, f, indent=1)
+        if history:
+            from distill_jax.plots import plot_loss_curves
+            plot_loss_curves(history, os.path.join(workdir, "loss_curves.png"),
+                             title=f"MLM head fit on frozen {config.teacher.name}")
+        log(f"teacher + head exported (HF *ForMaskedLM) to {export_dir}; record {record_path}")
+    return record
+
+
+def _describe(data_cfg) -> str:
+    """'source:where' with file paths cut to their last two components (records are shared)."""
+    source = data_cfg.source
+    if source in ("text", "wikiextractor"):
+        where = ",".join("/".join(os.path.normpath(p).split(os.sep)[-2:]) for p in str(data_cfg.paths).split(","))
+    else:
+        where = data_cfg.get(f"{source}_name", "")
+    return f"{source}:{where}" if where else source

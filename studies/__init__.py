@@ -1,0 +1,1 @@
+"""Long experiments built on distill_jax (repository-level: not part of the installable package)."""

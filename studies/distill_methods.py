@@ -1,0 +1,609 @@
+"""The distillation-methods study: `run_study(config, workdir)` for configs/study.py.
+
+For every method of config.methods, in order:
+  1. distil: `distill_jax.train.train_and_evaluate` into <workdir>/distill/<method>/ (checkpoints
+     there; a rerun resumes), exporting the student to .../export. Two reference rows distil
+     nothing: 'none' exports the student shape at its random init (the weights every distilled
+     student starts from), 'teacher' is the teacher's own directory. An OD method on a teacher
+     without an MLM head first fits one (distill_jax/mlm_head.py) in <workdir>/mlm_head/.
+  2. fine-tune on every task x seed x lr of config.glue (distill_jax.evaluate.run.run_or_reuse), one
+     record per run: <report_dir>/records/<method>__<task>__lr<lr>__seed<k>.json.
+Then 3. report: the table (md/json/csv) and bar chart from the records alone
+(`build_report(config, report_dir)`), plus the compute used per method and the MLM-head fit.
+
+A record carries a fingerprint of everything that decides its result (the method's distillation
+config minus machine paths, the fine-tuning recipe, task, rows, lr, seed); a rerun skips a record
+whose fingerprint matches, so the same command continues where it stopped, in a later session or
+from a fresh clone (the records are committed; the heavy state in the workdir is rebuilt only when
+a record is missing). CPU seconds of each stage are measured with time.process_time (all threads
+of this process) and kept in the records.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+
+REFERENCES = ("teacher", "none")
+TABLE_NAME = "study_results"
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[study] {message}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity of a method's distillation (what its records' fingerprints rest on)
+# ----------------------------------------------------------------------------------------------
+
+_MACHINE_FIELDS = ("cache_dir", "compilation_cache_dir")
+
+
+def _portable(node: Any) -> Any:
+    """A config dict without machine-local paths: data.paths keeps its last two components
+    (".../wikipedia_en_sample/text"), cache folders are dropped."""
+    if isinstance(node, Mapping):
+        out = {}
+        for key, value in node.items():
+            if key in _MACHINE_FIELDS:
+                continue
+            if key == "paths" and isinstance(value, str):
+                value = ",".join("/".join(os.path.normpath(p).split(os.sep)[-2:]) for p in value.split(","))
+            out[key] = _portable(value)
+        return out
+    if isinstance(node, (list, tuple)):
+        return [_portable(v) for v in node]
+    return node
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def method_identity(config, method: str, fitted_head: bool = False) -> dict:
+    """What decides a method's student: the shared distillation config with its objective, or for
+    the references the teacher / the student shape and seed."""
+    d = config.distill
+    if method == "teacher":
+        return {"method": method, "teacher": config.teacher_name}
+    student = dict(d.student.to_dict())
+    if method == "none":
+        return {"method": method, "teacher": config.teacher_name, "student": student, "seed": int(d.seed)}
+    distill = dict(d.to_dict())
+    distill["objective"] = config.method_objectives[method].to_dict()
+    distill.pop("teacher", None)
+    identity = {"method": method, "teacher": config.teacher_name, "distill": _portable(distill)}
+    if _needs_teacher_head(config, method) and fitted_head:
+        identity["fitted_mlm_head"] = _portable(config.fit_head.to_dict())
+    return identity
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks before anything trains
+# ----------------------------------------------------------------------------------------------
+
+def _needs_teacher_head(config, method: str) -> bool:
+    return method not in REFERENCES and "od" in config.method_objectives[method]
+
+
+def check_study(config) -> dict:
+    """One-line errors naming the field, before any model is trained. Returns facts the run uses:
+    teacher_dir, teacher_shape, fitted_head (whether an OD method needs the head fitted first)."""
+    from distill_jax import models
+    from distill_jax.evaluate import data as glue_data
+    from distill_jax.evaluate.tasks import get_task
+    from distill_jax.losses import build_objective
+    from distill_jax.models.hf_io import read_hf_config
+    from pathlib import Path
+
+    known = (*REFERENCES, *config.method_objectives.keys())
+    for field, names in (("methods", list(config.methods)), ("only", _split(config.only))):
+        for name in names:
+            if name not in known:
+                raise ValueError(f"config.{field}: unknown method {name!r}; known: {', '.join(known)}")
+    try:
+        teacher_dir = str(models.resolve_model_dir(config.teacher_name))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"config.teacher_name={config.teacher_name!r}: {exc}") from None
+    teacher_shape = models.EncoderConfig.from_hf_dict(read_hf_config(Path(teacher_dir)),
+                                                      source=f"{teacher_dir}/config.json")
+    s = config.distill.student
+    student_dims = ml_collections.ConfigDict(dict(num_layers=s.num_layers, hidden_size=s.hidden_size,
+                                                  num_heads=s.num_heads, intermediate_size=s.intermediate_size))
+    fitted_head = False
+    for method in config.methods:
+        if method in REFERENCES:
+            continue
+        try:
+            build_objective(config.method_objectives[method], student_dims, teacher_shape)
+        except ValueError as exc:
+            raise ValueError(f"config.method_objectives.{method}: {exc}") from None
+        if _needs_teacher_head(config, method) and not models.has_mlm_head(teacher_dir):
+            if not config.fit_head.get("enabled", False):
+                raise ValueError(
+                    f"config.methods: {method} needs the teacher's MLM head and {config.teacher_name} has none; "
+                    "set config.fit_head.enabled=True (fit one first) or point config.teacher_name at a "
+                    "*ForMaskedLM directory (python main.py --config=configs/fit_mlm_head.py makes one)")
+            fitted_head = True
+    glue = config.glue
+    for task in _split(glue.tasks):
+        spec = get_task(task)
+        if glue.data.source == "tsv":
+            for split in ("train", *(name for name, _ in spec.dev_splits)):
+                glue_data.read_split(spec, split, glue.data)  # FileNotFoundError names the file
+    if not list(glue.seeds) or not list(glue.learning_rates):
+        raise ValueError("config.glue.seeds and config.glue.learning_rates must each list at least one value")
+    return {"teacher_dir": teacher_dir, "teacher_shape": teacher_shape, "fitted_head": fitted_head}
+
+
+def _split(value) -> list[str]:
+    from distill_jax.evaluate.run import split_list
+
+    return split_list(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU accounting
+# ----------------------------------------------------------------------------------------------
+
+class Stage:
+    """Measures one stage's wall and CPU seconds (this process, all threads)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.time(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall_s, self.cpu_s = time.time() - self.wall, time.process_time() - self.cpu
+
+
+def _ledger_add(workdir: str, entry: dict) -> None:
+    """Appends a stage's measured seconds to <workdir>/cpu_ledger.jsonl (also interrupted stages,
+    so a resumed distillation's CPU time adds up over its segments)."""
+    with open(os.path.join(workdir, "cpu_ledger.jsonl"), "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _ledger_sum(workdir: str, method: str, stage: str) -> dict:
+    total = {"cpu_s": 0.0, "wall_s": 0.0, "segments": 0}
+    path = os.path.join(workdir, "cpu_ledger.jsonl")
+    if os.path.isfile(path):
+        for line in open(path):
+            entry = json.loads(line)
+            if entry["method"] == method and entry["stage"] == stage:
+                total["cpu_s"] += entry["cpu_s"]
+                total["wall_s"] += entry["wall_s"]
+                total["segments"] += 1
+    return total
+
+
+def _write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: a student per method
+# ----------------------------------------------------------------------------------------------
+
+def _fit_head(config, workdir: str, records_dir: str) -> str:
+    """Fits the teacher's MLM head once (resumable); returns the teacher-with-head directory."""
+    from distill_jax.mlm_head import fit_mlm_head
+
+    fit_dir = os.path.join(workdir, "mlm_head")
+    fit_cfg = ml_collections.ConfigDict(config.fit_head.to_dict())
+    fit_cfg.teacher.name = config.teacher_name
+    del fit_cfg["enabled"]
+    fingerprint = _digest(_portable(fit_cfg.to_dict()))
+    marker = _read_json(os.path.join(fit_dir, "study_fit.json"))
+    if marker is not None and marker["fingerprint"] != fingerprint:
+        raise ValueError(f"{fit_dir} holds a head fitted with another config.fit_head; use a new --workdir or "
+                         "delete that folder")
+    _write_json(os.path.join(fit_dir, "study_fit.json"), {"fingerprint": fingerprint})
+    log(f"fitting the MLM head of {config.teacher_name} (frozen) for OD in {fit_dir}")
+    with Stage() as stage:
+        record = fit_mlm_head(fit_cfg, fit_dir)
+    _ledger_add(workdir, {"method": "mlm_head", "stage": "fit", "cpu_s": stage.cpu_s, "wall_s": stage.wall_s})
+    summary = {k: v for k, v in record.items() if k != "history"} | {
+        "loss_curve": record.get("history", []),
+        "cpu_s_all_segments": _ledger_sum(workdir, "mlm_head", "fit")["cpu_s"]}
+    _write_json(os.path.join(records_dir, "mlm_head_fit.json"), _portable_record(summary))
+    return os.path.join(fit_dir, "export")
+
+
+def _portable_record(record: dict) -> dict:
+    """Records are committed: machine-local directories become names relative to their roots."""
+    out = dict(record)
+    for key in ("teacher_dir", "export_dir", "workdir"):
+        if isinstance(out.get(key), str):
+            out[key] = "/".join(os.path.normpath(out[key]).split(os.sep)[-3:])
+    return out
+
+
+def _distil(config, method: str, workdir: str, teacher_dir: str, fingerprint: str) -> dict:
+    """Runs (or resumes) the method's distillation; returns its record."""
+    from distill_jax.train import train_and_evaluate
+
+    run_dir = os.path.join(workdir, "distill", method)
+    cfg = ml_collections.ConfigDict(config.distill.to_dict())
+    cfg.objective = ml_collections.ConfigDict(config.method_objectives[method].to_dict())
+    cfg.teacher.name = teacher_dir
+    log(f"{method}: distilling {cfg.total_steps} steps of {cfg.batch_size} x {cfg.data.seq_len} "
+        f"into {run_dir} (resumes from its checkpoints)")
+    with Stage() as stage:
+        result = train_and_evaluate(cfg, run_dir)
+    _ledger_add(workdir, {"method": method, "stage": "distill", "cpu_s": stage.cpu_s, "wall_s": stage.wall_s,
+                          "steps": result.summary["steps"]["this_run"]})
+    if result.preempted:
+        raise SystemExit(f"[study] {method}: distillation stopped at step {result.final_step} (preempted); "
+                         "rerun the same command to continue")
+    spent = _ledger_sum(workdir, method, "distill")
+    s = result.summary
+    tokens = int(cfg.total_steps) * int(cfg.batch_size) * int(cfg.data.seq_len)
+    return {"method": method, "fingerprint": fingerprint, "objective": cfg.objective.to_dict(),
+            "teacher": config.teacher_name, "steps": s["steps"]["final"], "tokens": tokens,
+            "loss_first_logged": s["loss_first_logged"], "loss_last_logged": s["loss_last_logged"],
+            "cpu_s": spent["cpu_s"], "wall_s": spent["wall_s"], "segments": spent["segments"],
+            "train_loop_s": s["times_s"]["train_loop_all_runs"], "throughput": s["throughput"],
+            "export_dir": os.path.join(run_dir, "export"), "devices": s["devices"]}
+
+
+def _export_init(config, workdir: str, teacher_dir: str, teacher_shape, fingerprint: str) -> dict:
+    """'none': the student shape at the random init the trainer draws (same seed), exported."""
+    from flax import nnx
+
+    from distill_jax import models
+
+    s = config.distill.student
+    export_dir = os.path.join(workdir, "distill", "none", "export")
+    with Stage() as stage:
+        student = models.make_student(teacher_shape, num_layers=s.num_layers, hidden_size=s.hidden_size,
+                                      num_heads=s.num_heads, intermediate_size=s.intermediate_size,
+                                      init="random", with_mlm_head=False, rngs=nnx.Rngs(int(config.distill.seed)))
+        models.export_pretrained(student, export_dir, tokenizer_dir=teacher_dir)
+    return {"method": "none", "fingerprint": fingerprint, "steps": 0, "tokens": 0, "cpu_s": stage.cpu_s,
+            "wall_s": stage.wall_s, "export_dir": export_dir}
+
+
+def _student_dir(config, method: str, workdir: str, facts: dict, records_dir: str, fingerprint: str,
+                 state: dict) -> str:
+    """The directory of the method's model, distilling it first when its export is missing."""
+    if method == "teacher":
+        return facts["teacher_dir"]
+    run_dir = os.path.join(workdir, "distill", method)
+    marker = os.path.join(run_dir, "study_method.json")
+    saved = _read_json(marker)
+    if saved is not None and saved.get("fingerprint") != fingerprint:
+        raise ValueError(f"{run_dir} was made by another configuration of method {method} (fingerprint "
+                         f"{saved.get('fingerprint')} vs {fingerprint}); use a new --workdir or delete that folder")
+    export_dir = os.path.join(run_dir, "export")
+    record_path = os.path.join(records_dir, f"distill__{method}.json")
+    record = _read_json(record_path)
+    if os.path.isfile(os.path.join(export_dir, "config.json")) and record and record["fingerprint"] == fingerprint:
+        return export_dir
+    os.makedirs(run_dir, exist_ok=True)
+    _write_json(marker, {"fingerprint": fingerprint,
+                         "identity": method_identity(config, method, facts["fitted_head"])})
+    if method == "none":
+        record = _export_init(config, workdir, facts["teacher_dir"], facts["teacher_shape"], fingerprint)
+    else:
+        teacher_dir = facts["teacher_dir"]
+        if _needs_teacher_head(config, method) and facts["fitted_head"]:
+            if "head_dir" not in state:
+                state["head_dir"] = _fit_head(config, workdir, records_dir)
+            teacher_dir = state["head_dir"]
+        record = _distil(config, method, workdir, teacher_dir, fingerprint)
+    _write_json(record_path, _portable_record(record))
+    log(f"{method}: student ready in {export_dir}; record {record_path}")
+    return export_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: fine-tuning records
+# ----------------------------------------------------------------------------------------------
+
+def _record_path(records_dir: str, method: str, task: str, lr: float, seed: int) -> str:
+    return os.path.join(records_dir, f"{method}__{task}__lr{float(lr):g}__seed{int(seed)}.json")
+
+
+class _Tasks:
+    """Each task's text read once (capped as config.glue says) and encoded once per tokenizer."""
+
+    def __init__(self, glue):
+        from distill_jax.evaluate import data as glue_data
+        from distill_jax.evaluate.run import _task_caps
+        from distill_jax.evaluate.tasks import get_task
+
+        self.glue, self.examples, self._encoded = glue, {}, {}
+        for task in _split(glue.tasks):
+            spec = get_task(task)
+            train_full = glue_data.read_split(spec, "train", glue.data)
+            train = glue_data.subsample(train_full, _task_caps(glue, spec.name), int(glue.subsample_seed))
+            dev = {s: glue_data.read_split(spec, s, glue.data) for s, _ in spec.dev_splits}
+            self.examples[spec.name] = (train, dev)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.examples)
+
+    def encoded(self, task: str, model_dir: str):
+        from distill_jax.evaluate import encode
+        from distill_jax.evaluate.run import task_recipe
+
+        key = (task, model_dir)
+        if key not in self._encoded:
+            tokenizer = encode.load_tokenizer(model_dir)
+            max_len = int(task_recipe(self.glue, task).max_len)
+            train, dev = self.examples[task]
+            self._encoded = {key: (encode.encode_examples(tokenizer, train, max_len),
+                                   {s: encode.encode_examples(tokenizer, d, max_len) for s, d in dev.items()})}
+        return self._encoded[key]
+
+
+def _missing_runs(config, method: str, fingerprint: str, records_dir: str, tasks: _Tasks) -> list[tuple]:
+    from distill_jax.evaluate.run import _load_run, fingerprint as run_fingerprint
+
+    missing = []
+    for task in tasks.names:
+        rows = len(tasks.examples[task][0])
+        for lr in config.glue.learning_rates:
+            for seed in config.glue.seeds:
+                fp = run_fingerprint(config.glue, f"{method}:{fingerprint}", task, rows, float(lr), int(seed))
+                if _load_run(_record_path(records_dir, method, task, lr, seed), fp) is None:
+                    missing.append((task, float(lr), int(seed), fp))
+    return missing
+
+
+def _finetune_all(config, method: str, model_dir: str, missing: list[tuple], records_dir: str,
+                  tasks: _Tasks, steps_cache: dict, progress: dict) -> None:
+    from distill_jax.evaluate import model_io
+    from distill_jax.evaluate.run import run_or_reuse
+
+    label = config.method_labels.get(method, method)
+    model = model_io.load_glue_model(model_dir, label=label)
+    for task, lr, seed, fp in missing:
+        train, dev = tasks.encoded(task, model.model_dir)
+        log(f"{method}: fine-tuning {task} lr={lr:g} seed={seed} ({progress['done']}/{progress['total']} "
+            f"records done)")
+        with Stage() as stage:
+            record = run_or_reuse(config.glue, model, task, train, dev, lr, seed,
+                                  _record_path(records_dir, method, task, lr, seed), fp,
+                                  steps_cache=steps_cache, extra={"method": method})
+        if "cpu_s" not in record:   # a new run: add its measured seconds to the record on disk
+            record |= {"cpu_s": stage.cpu_s, "wall_s": stage.wall_s}
+            _write_json(_record_path(records_dir, method, task, lr, seed), record)
+        progress["done"] += 1
+        log(f"{method}: {task} seed {seed}: best dev score {100 * record['best_score']:.1f} "
+            f"(epoch {record['best_epoch']}, {stage.cpu_s / 60:.1f} CPU-min)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------
+
+def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs what is missing of the study, then writes the report. Returns the report payload."""
+    config = ml_collections.ConfigDict(config)
+    workdir = os.path.abspath(workdir)
+    report_dir = os.path.abspath(config.report_dir or os.path.join(workdir, "report"))
+    records_dir = os.path.join(report_dir, "records")
+    if config.report_only:
+        return build_report(config, report_dir)
+    facts = check_study(config)
+    tasks = _Tasks(config.glue)
+    chosen = _split(config.only) or list(config.methods)
+    methods = [m for m in config.methods if m in chosen]
+    fingerprints = {m: _digest(method_identity(config, m, facts["fitted_head"])) for m in methods}
+    todo = {m: _missing_runs(config, m, fingerprints[m], records_dir, tasks) for m in methods}
+    total = sum(len(tasks.names) * len(config.glue.seeds) * len(config.glue.learning_rates) for _ in methods)
+    progress = {"done": total - sum(len(v) for v in todo.values()), "total": total}
+    log(f"preset {config.preset}: {len(methods)} methods x {len(tasks.names)} tasks x "
+        f"{len(config.glue.seeds)} seeds x {len(config.glue.learning_rates)} lr; {progress['done']}/{total} "
+        f"records already done; workdir {workdir}; records {records_dir}")
+    if config.dry_run:
+        _print_plan(config, methods, todo, fingerprints)
+        return {"plan": {m: len(v) for m, v in todo.items()}}
+    os.makedirs(workdir, exist_ok=True)
+    state: dict = {}
+    steps_cache: dict = {}
+    for index, method in enumerate(methods, 1):
+        if not todo[method]:
+            log(f"({index}/{len(methods)}) {method}: every record done, skipped")
+            continue
+        log(f"({index}/{len(methods)}) {method}: {len(todo[method])} fine-tuning runs to do")
+        model_dir = _student_dir(config, method, workdir, facts, records_dir, fingerprints[method], state)
+        _finetune_all(config, method, model_dir, todo[method], records_dir, tasks, steps_cache, progress)
+        build_report(config, report_dir)   # the table grows as records land
+    return build_report(config, report_dir)
+
+
+def _print_plan(config, methods, todo, fingerprints) -> None:
+    d = config.distill
+    tokens = d.total_steps * d.batch_size * d.data.seq_len
+    log(f"plan: teacher {config.teacher_name}; student {d.student.num_layers}x{d.student.hidden_size} "
+        f"({d.student.num_heads} heads); {d.total_steps} steps x {d.batch_size} x {d.data.seq_len} = "
+        f"{tokens / 1e6:.2f} M tokens per method; data {d.data.source}")
+    for method in methods:
+        objective = ("fine-tune only" if method in REFERENCES
+                     else json.dumps(config.method_objectives[method].to_dict(), sort_keys=True))
+        log(f"  {method:16s} {objective}; {len(todo[method])} runs to do (fingerprint {fingerprints[method]})")
+    log(f"  fine-tuning: tasks {config.glue.tasks}; lrs {list(config.glue.learning_rates)}; seeds "
+        f"{list(config.glue.seeds)}; recipe {config.glue.finetune.to_dict()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3: the report, from the records alone
+# ----------------------------------------------------------------------------------------------
+
+def load_records(records_dir: str) -> tuple[dict[str, list[dict]], dict[str, dict], dict | None]:
+    """(fine-tuning runs by method, distillation records by method, MLM-head fit record or None)."""
+    runs: dict[str, list[dict]] = {}
+    distill: dict[str, dict] = {}
+    for path in sorted(glob.glob(os.path.join(records_dir, "*.json"))):
+        name = os.path.basename(path)
+        record = _read_json(path)
+        if name.startswith("distill__"):
+            distill[record["method"]] = record
+        elif name != "mlm_head_fit.json":
+            runs.setdefault(record["method"], []).append(record)
+    return runs, distill, _read_json(os.path.join(records_dir, "mlm_head_fit.json"))
+
+
+def build_report(config, report_dir: str) -> dict:
+    """Table (md/json/csv) and chart of every (method, task) with records, plus compute and the
+    MLM-head fit, into report_dir/study_results.*. Reads nothing but the records (and, for the
+    majority-class row, the GLUE training labels when they are present)."""
+    from distill_jax.evaluate import report
+    from distill_jax.evaluate.tasks import get_task
+
+    runs, distill, head_fit = load_records(os.path.join(report_dir, "records"))
+    task_names = [get_task(t).name for t in _split(config.glue.tasks)]
+    labels = {m: config.method_labels.get(m, m) for m in config.methods}
+    summaries, rows = {}, []
+    for method in config.methods:
+        by_task: dict[str, list[dict]] = {}
+        for run in runs.get(method, []):
+            by_task.setdefault(run["task"], []).append(run)
+        if not by_task:
+            continue
+        rows.append(labels[method])
+        for task, task_runs in by_task.items():
+            summaries[(labels[method], task)] = report.summarise_runs(task_runs)
+    majority = _majority_rows(config, task_names)
+    if majority:
+        summaries.update({("majority class", t): s for t, s in majority.items()})
+        rows.append("majority class")
+    compute = _compute_table(config, runs, distill, head_fit)
+    notes = _notes(config, task_names, compute, head_fit, runs)
+    payload = {"preset": config.preset, "teacher": config.teacher_name, "tasks": task_names,
+               "methods": list(config.methods), "labels": labels,
+               "distill": config.distill.to_dict() | {"data": _portable(config.distill.data.to_dict())},
+               "objectives": config.method_objectives.to_dict(), "finetune": config.glue.finetune.to_dict(),
+               "learning_rates": list(config.glue.learning_rates), "seeds": list(config.glue.seeds),
+               "summaries": [v | {"row": k[0]} for k, v in summaries.items()],
+               "compute": compute, "mlm_head_fit": head_fit,
+               "records": sorted(os.path.basename(p) for p in glob.glob(os.path.join(report_dir, "records", "*.json")))}
+    if not rows:
+        log(f"no fine-tuning records yet in {report_dir}/records: nothing to report")
+        return payload
+    paths = report.write_outputs(report_dir, TABLE_NAME, task_names, rows, summaries, notes, payload,
+                                 chart_title=f"Distillation methods, {config.teacher_name} -> "
+                                             f"{config.distill.student.num_layers}x{config.distill.student.hidden_size} "
+                                             f"(preset {config.preset}): GLUE dev, median and min-max over seeds")
+    _write_runs_csv(os.path.join(report_dir, f"{TABLE_NAME}_runs.csv"), runs)
+    log("report: " + ", ".join(paths.values()))
+    log("\n" + report.markdown_table(task_names, rows, summaries))
+    return payload
+
+
+def _majority_rows(config, task_names) -> dict:
+    from distill_jax.evaluate import data as glue_data
+    from distill_jax.evaluate import report
+    from distill_jax.evaluate.tasks import get_task
+
+    out = {}
+    for task in task_names:
+        spec = get_task(task)
+        try:
+            train = glue_data.read_split(spec, "train", config.glue.data)
+            dev = {s: glue_data.read_split(spec, s, config.glue.data).labels for s, _ in spec.dev_splits}
+        except (FileNotFoundError, OSError, ValueError):
+            return {}
+        out[task] = report.majority_baseline(spec, train.labels, dev)
+    return out
+
+
+def _compute_table(config, runs, distill, head_fit) -> list[dict]:
+    rows = []
+    for method in config.methods:
+        d = distill.get(method, {})
+        ft = runs.get(method, [])
+        if not d and not ft:
+            continue
+        rows.append({"method": method, "label": config.method_labels.get(method, method),
+                     "distill_steps": d.get("steps", 0), "distill_tokens": d.get("tokens", 0),
+                     "distill_cpu_min": d.get("cpu_s", 0.0) / 60, "distill_wall_min": d.get("wall_s", 0.0) / 60,
+                     "finetune_runs": len(ft),
+                     "finetune_cpu_min": sum(r.get("cpu_s", 0.0) for r in ft) / 60})
+    if head_fit:
+        rows.append({"method": "mlm_head_fit", "label": "MLM-head fit (for OD)",
+                     "distill_steps": head_fit["steps"], "distill_tokens": head_fit["train_tokens"],
+                     "distill_cpu_min": head_fit.get("cpu_s_all_segments", 0.0) / 60,
+                     "distill_wall_min": head_fit["times_s"]["wall_this_run"] / 60,
+                     "finetune_runs": 0, "finetune_cpu_min": 0.0})
+    return rows
+
+
+def _notes(config, task_names, compute, head_fit, runs) -> str:
+    g = config.glue
+    ft = g.finetune
+    d = config.distill
+    caps = {t: int((g.max_train_per_task or {}).get(t, 0) or g.max_train_examples) for t in task_names}
+    lines = [
+        f"Dev-set scores in percent: median over fine-tuning seeds {list(g.seeds)} of each run's best epoch, "
+        f"(min–max) over seeds; learning rate(s) {list(g.learning_rates)} (the best median when several). "
+        f"One recipe for every model: AdamW (wd {ft.weight_decay}), {ft.warmup_ratio:.0%} warmup then linear "
+        f"decay, {ft.epochs} epochs, batch {ft.batch_size}, max length {ft.max_len}; training rows capped at "
+        + ", ".join(f"{t} {c or 'all'}" for t, c in caps.items()) + " (a fixed subset), full dev sets.",
+        "",
+        f"Distillation (every method alike): teacher {config.teacher_name}; student "
+        f"{d.student.num_layers}x{d.student.hidden_size}, {d.student.num_heads} heads, FFN "
+        f"{d.student.intermediate_size}, random init (seed {d.seed}); {d.total_steps} steps x {d.batch_size} x "
+        f"{d.data.seq_len} tokens = {d.total_steps * d.batch_size * d.data.seq_len / 1e6:.2f} M tokens of "
+        f"{_portable(d.data.to_dict()).get('paths') or d.data.source}; AdamW lr {d.optim.learning_rate:g}, "
+        f"warmup {d.optim.warmup_steps}, linear decay, wd {d.optim.weight_decay}, clip {d.optim.grad_clip_norm}; "
+        f"dropout {d.student.hidden_dropout}.",
+        "",
+        "Compute (CPU-minutes of this process, all threads; wall minutes depend on the machine's load):",
+        "",
+        "| method | distillation steps | tokens | distil CPU-min | fine-tune runs | fine-tune CPU-min |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in compute:
+        lines.append(f"| {row['label']} | {row['distill_steps']} | {row['distill_tokens'] / 1e6:.2f} M | "
+                     f"{row['distill_cpu_min']:.1f} | {row['finetune_runs']} | {row['finetune_cpu_min']:.1f} |")
+    if head_fit:
+        b, a = head_fit["before"], head_fit["after"]
+        lines += ["", f"MLM head fitted on the frozen teacher for OD: {head_fit['steps']} steps x "
+                      f"{head_fit['batch_size']} x {head_fit['seq_len']} on {head_fit['train_corpus']}; on "
+                      f"{head_fit['eval_corpus']} ({b['positions']} masked positions): masked-token accuracy "
+                      f"{b['accuracy']:.1f}% -> {a['accuracy']:.1f}%, perplexity {b['perplexity']:.1f} -> "
+                      f"{a['perplexity']:.1f} (fresh head -> fitted)."]
+    lines += ["", "- 'majority class': always predicting the most frequent training label (chance level)."]
+    return "\n".join(lines) + "\n"
+
+
+def _write_runs_csv(path: str, runs: dict[str, list[dict]]) -> None:
+    """Every fine-tuning record, one row each (method, task, lr, seed, best epoch and score, seconds)."""
+    import csv
+
+    rows = []
+    for method, records in runs.items():
+        for r in sorted(records, key=lambda r: (r["task"], r["learning_rate"], r["seed"])):
+            rows.append({"method": method, "task": r["task"], "learning_rate": r["learning_rate"],
+                         "seed": r["seed"], "train_rows": r["train_rows"], "best_epoch": r["best_epoch"],
+                         "best_score": r["best_score"],
+                         "epoch_scores": " ".join(f"{e['score']:.4f}" for e in r["epochs"]),
+                         "cpu_s": r.get("cpu_s"), "wall_s": r.get("wall_s")})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader()
+        writer.writerows(rows)
