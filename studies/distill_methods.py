@@ -509,10 +509,12 @@ def build_report(config, report_dir: str) -> dict:
     if not rows:
         log(f"no fine-tuning records yet in {report_dir}/records: nothing to report")
         return payload
-    paths = report.write_outputs(report_dir, TABLE_NAME, task_names, rows, summaries, notes, payload,
-                                 chart_title=f"Distillation methods, {config.teacher_name} -> "
-                                             f"{config.distill.student.num_layers}x{config.distill.student.hidden_size} "
-                                             f"(preset {config.preset}): GLUE dev, median and min-max over seeds")
+    d = config.distill
+    paths = report.write_outputs(
+        report_dir, TABLE_NAME, task_names, rows, summaries, notes, payload, chart=report.panel_bar_chart,
+        chart_title=f"{config.teacher_name} -> {d.student.num_layers}x{d.student.hidden_size} students, "
+                    f"{d.total_steps * d.batch_size * d.data.seq_len / 1e6:.1f} M tokens each (preset "
+                    f"{config.preset}): GLUE dev, median and min-max over {len(config.glue.seeds)} seeds")
     _write_runs_csv(os.path.join(report_dir, f"{TABLE_NAME}_runs.csv"), runs)
     log("report: " + ", ".join(paths.values()))
     log("\n" + report.markdown_table(task_names, rows, summaries))

@@ -162,8 +162,56 @@ def bar_chart(task_names: list[str], row_names: list[str], summaries: dict, path
     plt.close(fig)
 
 
+def panel_bar_chart(task_names: list[str], row_names: list[str], summaries: dict, path: str, title: str = "",
+                    reference_row: str = "majority class") -> None:
+    """One panel per task, one horizontal bar per model (rows top to bottom in `row_names` order):
+    the median task score in percent with min-max whiskers over seeds and the value written at the
+    bar's end; `reference_row` (chance level) is drawn as a dashed line instead of a bar. For many
+    models, where grouped vertical bars get too thin to read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = [get_task(t) for t in task_names]
+    bars = [r for r in row_names if r != reference_row]
+    fig, axes = plt.subplots(1, len(specs), figsize=(2.2 + 2.9 * len(specs), 0.9 + 0.32 * len(bars)), dpi=110,
+                             sharey=True, squeeze=False)
+    y = np.arange(len(bars))[::-1]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, spec in zip(axes[0], specs):
+        for yi, row in zip(y, bars):
+            s = summaries.get((row, spec.name))
+            if s is None:
+                ax.text(1, yi, "not run yet", va="center", fontsize=7, color="gray")
+                continue
+            med, lo, hi = (100 * s[k] for k in ("median_score", "min_score", "max_score"))
+            ax.barh(yi, med, 0.7, color=colors[bars.index(row) % len(colors)],
+                    xerr=[[med - lo], [hi - med]], capsize=2, error_kw={"linewidth": 0.8})
+            ax.text(hi + 0.8, yi, f"{med:.1f}", va="center", fontsize=7)
+        ref = summaries.get((reference_row, spec.name))
+        panel_title = f"{spec.display} ({'/'.join(spec.score_metrics)})"
+        if ref is not None:
+            ax.axvline(100 * ref["median_score"], color="black", linestyle="--", linewidth=0.8)
+            panel_title += f"\ndashed: {reference_row} {100 * ref['median_score']:.1f}"
+        top = max([100 * s["max_score"] for (r, t), s in summaries.items() if t == spec.name] + [1.0])
+        ax.set_xlim(min(0.0, *(100 * s["min_score"] for (r, t), s in summaries.items() if t == spec.name)),
+                    top * 1.12 + 2)
+        ax.set_title(panel_title, fontsize=8)
+        ax.set_xlabel("dev score (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_yticks(y, bars, fontsize=8)
+    if title:
+        import textwrap
+
+        fig.suptitle(textwrap.fill(title, width=int(14 * fig.get_figwidth())), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
 def write_outputs(out_dir: str, name: str, task_names: list[str], row_names: list[str], summaries: dict,
-                  notes: str, payload: dict, chart_title: str = "") -> dict[str, str]:
+                  notes: str, payload: dict, chart_title: str = "", chart=bar_chart) -> dict[str, str]:
     """Writes <name>.md (table + notes), <name>.json (payload), <name>.csv and <name>.png."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"{name}.{ext}") for ext in ("md", "json", "csv", "png")}
@@ -177,5 +225,5 @@ def write_outputs(out_dir: str, name: str, task_names: list[str], row_names: lis
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    bar_chart(task_names, row_names, summaries, paths["png"], chart_title)
+    chart(task_names, row_names, summaries, paths["png"], chart_title)
     return paths
