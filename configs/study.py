@@ -21,7 +21,7 @@ Presets:
        Wikipedia from the hub, 1024 x 512 for 400K steps (MiniLMv2's budget), full GLUE training
        and dev sets, a learning-rate grid and 5 seeds. `dry_run` prints the plan without running.
 
-Args: preset=cpu|pod, only=<m1+m2> (a subset of methods, same records), steps=<n> (distillation
+Args: preset=cpu|pod, only=<m1+m2> (a subset of methods, run in that order; same records), steps=<n> (distillation
 steps; changes every method's budget and so its records' identity), report_only, dry_run.
 """
 
@@ -151,7 +151,9 @@ def get_config(arg=None):
     if args.preset == "pod":
         labels["teacher"] = "teacher (12x768, bert-base-uncased)"
     c.method_labels = ml_collections.ConfigDict(labels)
-    c.only = args.only            # '+'-separated subset of methods to run ('' = all); the report shows all records
+    # '+'-separated methods to run, in this order ('' = all, in table order); the report shows
+    # every record whatever ran.
+    c.only = args.only
     c.report_dir = ""             # '' = <workdir>/report; records/ and the table live here
     c.report_only = args.report_only  # rebuild the table and chart from the records; train nothing
     c.dry_run = args.dry_run      # print the plan (methods, budgets, runs) and stop

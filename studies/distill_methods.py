@@ -414,8 +414,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return build_report(config, report_dir)
     facts = check_study(config)
     tasks = _Tasks(config.glue)
-    chosen = _split(config.only) or list(config.methods)
-    methods = [m for m in config.methods if m in chosen]
+    # config.only also sets the run order (the table keeps config.methods' order).
+    methods = [m for m in _split(config.only) if m in config.methods] or list(config.methods)
     fingerprints = {m: _digest(method_identity(config, m, facts["fitted_head"])) for m in methods}
     todo = {m: _missing_runs(config, m, fingerprints[m], records_dir, tasks) for m in methods}
     total = sum(len(tasks.names) * len(config.glue.seeds) * len(config.glue.learning_rates) for _ in methods)
