@@ -30,10 +30,9 @@ import ml_collections
 from configs import common
 from configs import glue as glue_config
 
-# Table rows, in order: method name -> (label, objective dict or a reference kind).
-# 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student shape at its random init
-# (the very weights every distilled student starts from): no distillation.
-REFERENCES = ("teacher", "none")
+# Reference rows: 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student shape at a
+# random init drawn with the study's seed (BERT init, as the trainer draws a student's): no
+# distillation. The other rows are the methods of _objectives().
 
 
 def _objectives(preset: str) -> dict:
@@ -145,7 +144,9 @@ def get_config(arg=None):
         c.distill.optim.warmup_steps = max(1, args.steps // 10)
         c.distill.checkpoint_every = min(c.distill.checkpoint_every, args.steps)
     objectives = _objectives(args.preset)
-    c.methods = ("teacher", "none", *objectives)   # table rows, in this order; also the run order
+    from studies.distill_methods import REFERENCES
+
+    c.methods = (*REFERENCES, *objectives)   # table rows in this order (also the run order unless config.only)
     c.method_objectives = ml_collections.ConfigDict(objectives)
     labels = dict(LABELS)
     if args.preset == "pod":

@@ -3,8 +3,8 @@
 For every method of config.methods, in order:
   1. distil: `distill_jax.train.train_and_evaluate` into <workdir>/distill/<method>/ (checkpoints
      there; a rerun resumes), exporting the student to .../export. Two reference rows distil
-     nothing: 'none' exports the student shape at its random init (the weights every distilled
-     student starts from), 'teacher' is the teacher's own directory. An OD method on a teacher
+     nothing: 'none' exports the student shape at a random init drawn with the study's seed,
+     'teacher' is the teacher's own directory. An OD method on a teacher
      without an MLM head first fits one (distill_jax/mlm_head.py) in <workdir>/mlm_head/.
   2. fine-tune on every task x seed x lr of config.glue (distill_jax.evaluate.run.run_or_reuse), one
      record per run: <report_dir>/records/<method>__<task>__lr<lr>__seed<k>.json.
