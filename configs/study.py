@@ -29,6 +29,7 @@ import ml_collections
 
 from configs import common
 from configs import glue as glue_config
+from studies.distill_methods import REFERENCES  # the reference rows' names (the driver owns their meaning)
 
 # Reference rows: 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student shape at a
 # random init drawn with the study's seed (BERT init, as the trainer draws a student's): no
@@ -144,8 +145,6 @@ def get_config(arg=None):
         c.distill.optim.warmup_steps = max(1, args.steps // 10)
         c.distill.checkpoint_every = min(c.distill.checkpoint_every, args.steps)
     objectives = _objectives(args.preset)
-    from studies.distill_methods import REFERENCES
-
     c.methods = (*REFERENCES, *objectives)   # table rows in this order (also the run order unless config.only)
     c.method_objectives = ml_collections.ConfigDict(objectives)
     labels = dict(LABELS)
