@@ -184,6 +184,24 @@ def read_hf_config(model_dir: Path) -> dict:
     return json.loads(cfg_path.read_text())
 
 
+# Architecture shapes (the config.json numbers) of public hub checkpoints the recipes name, so a
+# plan (python -m distill_jax.plan) compiles for them without the hub or any weights.
+HUB_CONFIGS_DIR = Path(__file__).resolve().parent / "hub_configs"
+
+
+HUB_CONFIG_ORGS = ("", "google-bert/", "FacebookAI/")  # the same checkpoints under their orgs' names
+
+
+def known_hub_config(name: str) -> dict | None:
+    """The shipped config.json of hub id `name` ('bert-base-uncased', 'FacebookAI/xlm-roberta-base'
+    -> hub_configs/xlm-roberta-base.json), or None when none is shipped. Shapes only: no weights."""
+    org, _, model = name.rpartition("/")
+    if (org + "/" if org else "") not in HUB_CONFIG_ORGS:
+        return None
+    path = HUB_CONFIGS_DIR / f"{model}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 # ---------------------------------------------------------------- loading
 
 @dataclasses.dataclass
