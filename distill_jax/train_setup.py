@@ -242,7 +242,7 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
     elif teacher_dir is not None:
         teacher_model, loaded_cfg, _ = models.load_pretrained(
             teacher_dir, dtype=teacher_cfg.dtype, param_dtype=teacher_cfg.param_dtype,
-            with_mlm_head=teacher_cfg.with_mlm_head, mesh=mesh, rules=rules)
+            with_mlm_head=teacher_cfg.with_mlm_head, shardings=teacher_shardings)
         if loaded_cfg != teacher_cfg:  # one config.json read twice: cannot differ
             raise ValueError(f"{teacher_dir}: the loaded teacher's config differs from config.json")
         teacher_graphdef, teacher_params = split_params(teacher_model)
