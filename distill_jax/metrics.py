@@ -10,6 +10,7 @@ Scalar names written to TensorBoard (tags):
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,20 +19,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Datasheet peak dense bf16 FLOP/s per device (one chip / one GPU), matched on device_kind.
+# The one table of datasheet peak dense (no sparsity) bf16 FLOP/s per JAX device, matched on
+# device.device_kind (a regex, case-insensitive, first match wins). TPU v4 and v5p run as one
+# megacore device per chip (the chip's figure); v2/v3 show one device per TensorCore (half the
+# chip's 45 / 123 TFLOP/s). Sources: Cloud TPU system-architecture pages; NVIDIA datasheets (H100
+# SXM and H200 989, H100 PCIe 756, A100 312, L4 121, A10 125 TFLOP/s dense bf16).
 PEAK_BF16_FLOPS = (
-    ("TPU v6", 918e12),      # Trillium (v6e)
-    ("TPU v5p", 459e12),
-    ("TPU v5 lite", 197e12),  # v5e
-    ("TPU v5e", 197e12),
-    ("TPU v4", 275e12),
-    ("TPU v3", 123e12),
-    ("H200", 989e12),
-    ("H100", 989e12),        # SXM dense bf16
-    ("A100", 312e12),
-    ("L4", 121e12),
-    ("A10", 125e12),
+    (r"^TPU v6( lite|e)$", 918e12),     # Trillium (v6e)
+    (r"^TPU v5( ?p)?$", 459e12),        # v5p reports "TPU v5"
+    (r"^TPU v5( lite|e)$", 197e12),     # v5e
+    (r"^TPU v4$", 275e12),
+    (r"^TPU v3$", 61.5e12),
+    (r"^TPU v2$", 22.5e12),
+    (r"\bH200\b", 989e12),
+    (r"\bH100 PCIe\b", 756e12),
+    (r"\bH100\b", 989e12),              # SXM
+    (r"\bA100\b", 312e12),
+    (r"\bL4\b", 121e12),
+    (r"\bA10\b", 125e12),
 )
+
+
+def datasheet_peak_flops(device_kind: str) -> float | None:
+    """Dense bf16 FLOP/s of one device of this kind (PEAK_BF16_FLOPS), or None when unknown."""
+    for pattern, flops in PEAK_BF16_FLOPS:
+        if re.search(pattern, device_kind.strip(), re.IGNORECASE):
+            return flops
+    return None
 
 
 def flatten_step_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -47,11 +61,7 @@ def flatten_step_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def device_peak_flops(device: jax.Device | None = None) -> float | None:
     """Datasheet peak bf16 FLOP/s of one accelerator, or None when unknown (CPU, new chips)."""
     device = device or jax.devices()[0]
-    kind = getattr(device, "device_kind", "")
-    for prefix, flops in PEAK_BF16_FLOPS:
-        if prefix.lower() in kind.lower():
-            return flops
-    return None
+    return datasheet_peak_flops(getattr(device, "device_kind", ""))
 
 
 def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:

@@ -92,12 +92,6 @@ def logical_to_mesh_spec(logical_axes: Sequence[str | None] | None,
     return P(*spec)
 
 
-def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None] | None,
-                     rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
-    """NamedSharding on `mesh` for an array with these logical dim names."""
-    return NamedSharding(mesh, logical_to_mesh_spec(logical_axes, rules))
-
-
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Batch-leading arrays: dim 0 over (data, fsdp), the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

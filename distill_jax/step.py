@@ -32,10 +32,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# Keys of a batch that the encoders read; everything else goes to the objective only.
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
 def _stop_gradient_tree(out: Any) -> Any:
     """stop_gradient on every array of a model output (a pytree, or a dataclass that is not one)."""
     leaves = jax.tree.leaves(out)

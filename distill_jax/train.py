@@ -1,17 +1,19 @@
 """The distillation trainer: `train_and_evaluate(config, workdir)`, in commented phases.
 
-  1. check the config (every impossible value named before anything heavy runs)
-  2. mesh and logical-axis rules
-  3. teacher: resolve its directory (fails in seconds when it is not reachable), load, cast once
-  4. student, objective (+ aux params), optimizer; parameters created already sharded
+  1. check the config (every impossible value named before anything heavy runs); resolve the
+     teacher's directory (fails in seconds when it is not reachable)
+  2. mesh; workdir/config.json (the config this run started with)
+  3-4. teacher (loaded once, cast once), student, objective (+ aux params), optimizer state, all
+     created already sharded, and the jitted step: distill_jax.train_setup.build_train_setup,
+     the builder the benchmark and the TPU plan (python -m distill_jax.plan) call too
   5. data iterator (per host)
   6. resume from the newest checkpoint in workdir, if any
-  7. compile the step (ahead of time, so its cost is reported apart from the steps)
+  7. compile the step (ahead of time, so its cost and per-device memory are reported apart)
   8. the loop: step, metrics, NaN check, checkpoints, preemption (SIGTERM)
   9. the end: final checkpoint, export in HF format, summary.json, loss-curve PNG
 
-Workdir layout: checkpoints/<step>/..., tensorboard/events.*, export/ (HF model + tokenizer),
-summary.json, loss_curves.png, config.json.
+Workdir layout: config.json, checkpoints/<step>/... (+ checkpoints/history.json),
+tensorboard/events.*, export/ (HF model + tokenizer), summary.json, loss_curves.png.
 """
 
 from __future__ import annotations
@@ -27,18 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from distill_jax import checkpoint as ckpt_lib
 from distill_jax import metrics as metrics_lib
-from distill_jax import optim, sharding
+from distill_jax import sharding, train_setup
 from distill_jax import step as step_lib
+from distill_jax.train_setup import abstract_like as _abstract
 
 
 def log(message: str) -> None:
@@ -48,87 +48,8 @@ def log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Config checks
+# Helpers
 # ----------------------------------------------------------------------------------------------
-
-def _positive_int(config, field: str) -> int:
-    value = config
-    for part in field.split("."):
-        value = value[part]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"config.{field}={value!r}: must be a positive integer")
-    return int(value)
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the config field for values that can never work."""
-    for field in ("total_steps", "batch_size", "microbatches", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "data.seq_len"):
-        _positive_int(config, field)
-    for field in ("student.num_layers", "student.hidden_size", "student.num_heads",
-                  "student.intermediate_size"):
-        _positive_int(config, field)
-    if config.student.hidden_size % config.student.num_heads:
-        raise ValueError(f"config.student.hidden_size={config.student.hidden_size} is not divisible by "
-                         f"config.student.num_heads={config.student.num_heads}")
-    if config.student.init not in ("random", "teacher"):
-        raise ValueError(f"config.student.init={config.student.init!r}: use 'random' or 'teacher'")
-    for field in ("teacher.dtype", "student.dtype", "student.param_dtype"):
-        section, name = field.split(".")
-        if config[section][name] not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"config.{field}={config[section][name]!r}: use 'float32' or 'bfloat16'")
-    if config.batch_size % config.microbatches:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
-                         f"config.microbatches={config.microbatches}")
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                         f"{jax.process_count()} processes (each host feeds an equal share)")
-    if config.get("stop_after_step", 0) < 0:
-        raise ValueError(f"config.stop_after_step={config.stop_after_step}: must be >= 0 (0 = off)")
-
-
-def check_batch_fits_mesh(config, mesh) -> None:
-    """Each microbatch must split evenly over the batch axes (data x fsdp) of the mesh."""
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows = config.batch_size // config.microbatches
-    if rows % batch_devices:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} / config.microbatches={config.microbatches} = {rows} "
-            f"rows per microbatch do not split over mesh data*fsdp = {batch_devices} devices; "
-            f"make the microbatch a multiple of {batch_devices}")
-
-
-def axis_rules(config) -> tuple:
-    rules = config.get("logical_axis_rules")
-    if not rules:
-        return sharding.DEFAULT_RULES
-    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers: pure-dict params <-> shardings
-# ----------------------------------------------------------------------------------------------
-
-def pure_shardings(model: nnx.Module, mesh, rules) -> Any:
-    """NamedSharding per parameter of `model`, as a pure dict (like nnx.to_pure_dict)."""
-    from distill_jax.models.partitioning import state_shardings
-
-    shardings = state_shardings(nnx.state(model, nnx.Param), mesh, rules)
-    return nnx.to_pure_dict(shardings)
-
-
-def _split_params(model: nnx.Module) -> tuple[Any, Any]:
-    """(graphdef, params as a pure dict); the encoders hold nothing but nnx.Param."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    if jax.tree.leaves(rest):
-        raise ValueError(f"{type(model).__name__} holds non-parameter state {list(rest.keys())}; "
-                         "the train step expects parameters only")
-    return graphdef, nnx.to_pure_dict(params)
-
-
-def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
 
 def host_params(params: Any) -> Any:
     """Every array whole on this host (an allgather in multi-process jobs)."""
@@ -203,51 +124,18 @@ class RunResult:
     summary: dict
 
 
-def _objective_flops(config, objective, teacher_cfg, student_cfg) -> float | None:
-    """Matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective), from flops.py."""
-    try:
-        from distill_jax import flops
-    except ImportError:
-        return None
-    names = {"od": "od", "hs": "hs", "minilmv2": "minilmv2", "minilm": "minilm",
-             "direct_minilm": "direct_minilm", "tinybert_attention": "tinybert_attn"}
-    cfg = objective.config
-    terms = [names[t] for t in cfg if t in names]
-    if not terms:  # only the hard-label "mlm" term: the student forward/backward + head
-        terms = ["od"]
-    kwargs: dict[str, Any] = {}
-    mha = next((cfg[t] for t in ("minilmv2", "minilm", "direct_minilm") if t in cfg), None)
-    if mha is not None:
-        kwargs["teacher_layer"] = mha["teacher_layer"]
-        kwargs["student_layer"] = mha["student_layer"]
-        kwargs["num_relations"] = 3 if "minilmv2" in cfg else 1
-    pairs = (cfg.get("hs") or cfg.get("tinybert_attention") or {}).get("pairs")
-    if pairs is not None:
-        kwargs["hs_pairs"] = [(s, list(t) if isinstance(t, (list, tuple)) else [t]) for s, t in pairs]
-    if "od" in terms:
-        positions = config.data.seq_len if cfg.get("od", {}).get("positions") == "all" else \
-            config.data.mlm.max_predictions
-        kwargs["mlm_positions"] = int(positions)
-    try:
-        return float(flops.distill_step_flops(teacher_cfg, student_cfg, config.batch_size,
-                                              config.data.seq_len, terms=terms, **kwargs).total)
-    except Exception as exc:  # MFU is a report, never a reason to stop training
-        log(f"FLOPs count unavailable ({exc}); MFU not reported")
-        return None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     """Distils config.teacher into a student as config says; checkpoints/logs/exports in workdir."""
     from distill_jax import models
-    from distill_jax.losses import build_objective
+    from distill_jax.models.hf_io import read_hf_config
 
     t_start = time.time()
     config = ml_collections.ConfigDict(config)  # never mutate the caller's config
     workdir = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
 
     # 1. Config checks, then the teacher's whereabouts: both fail in seconds with one line.
-    check_config(config)
-    if config.get("compilation_cache_dir"):
+    train_setup.check_config(config, jax.process_count())
+    if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     try:
         teacher_dir = str(models.resolve_model_dir(config.teacher.name))
@@ -255,92 +143,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         raise FileNotFoundError(f"config.teacher.name={config.teacher.name!r}: {exc} "
                                 f"(--config.teacher.name=/path/to/dir)") from None
     from distill_jax.data import validate_data_config
-    from distill_jax.models.hf_io import read_hf_config
     validate_data_config(config.data)
-
-    # Everything that depends only on shapes is checked from the teacher's config.json, before any
-    # weight is read or any device touched: sequence length, objective (layer maps, relation heads,
-    # head counts), optimizer schedule.
-    seed = int(config.seed)
-    teacher_dtype = config.teacher.dtype
-    teacher_shape = models.EncoderConfig.from_hf_dict(
-        read_hf_config(Path(teacher_dir)), source=f"{teacher_dir}/config.json")
-    if config.data.seq_len > teacher_shape.max_seq_len:
-        raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the teacher's position "
-                         f"table ({teacher_shape.max_seq_len} tokens)")
-    student_kwargs = dict(
-        num_layers=config.student.num_layers, hidden_size=config.student.hidden_size,
-        num_heads=config.student.num_heads, intermediate_size=config.student.intermediate_size)
-    objective = build_objective(config.objective, ml_collections.ConfigDict(student_kwargs),
-                                teacher_shape)
-    if objective.needs_teacher_mlm_head and not models.has_mlm_head(teacher_dir):
-        raise ValueError(
-            f"config.teacher.name={config.teacher.name!r} has no MLM head, which objective.od needs; fit one on the "
-            f"frozen teacher with `python main.py --config=configs/fit_mlm_head.py --config.teacher.name="
-            f"{config.teacher.name} --workdir=DIR`, then pass --config.teacher.name=DIR/export")
-    tx, lr_schedule = optim.make_optimizer(config.optim, config.total_steps)
+    teacher_hf = read_hf_config(Path(teacher_dir))
 
     # 2. Mesh.
-    num_devices = int(config.mesh.get("devices", 0))
-    if num_devices < 0 or num_devices > jax.device_count():
-        raise ValueError(f"config.mesh.devices={num_devices}: must be 0 (all) or at most the "
-                         f"{jax.device_count()} devices present")
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
-                              devices=jax.devices()[:num_devices] if num_devices else None)
-    rules = axis_rules(config)
-    check_batch_fits_mesh(config, mesh)
+    mesh = train_setup.make_config_mesh(config, jax.devices())
     log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es); workdir {workdir}")
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        epath.Path(f"{workdir}/config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
-    # 3. Teacher: loaded once, cast once to its compute dtype, placed sharded, never checkpointed.
+    # 3-4. Teacher, student, objective, optimizer, shardings and the jitted step, through the one
+    # builder the benchmark and the TPU plan use (distill_jax/train_setup.py). Everything that
+    # depends only on shapes (sequence length, objective, schedule) is checked from the teacher's
+    # config.json before any weight is read.
     t0 = time.time()
-    teacher, teacher_cfg, _ = models.load_pretrained(
-        teacher_dir, dtype=teacher_dtype, param_dtype=teacher_dtype,
-        with_mlm_head=objective.needs_teacher_mlm_head, mesh=mesh, rules=rules)
+    setup = train_setup.build_train_setup(config, mesh, teacher_hf=teacher_hf, teacher_dir=teacher_dir,
+                                          teacher_source=f"{teacher_dir}/config.json")
+    seed = int(config.seed)
+    teacher_cfg, student_cfg, objective = setup.teacher_cfg, setup.student_cfg, setup.objective
+    teacher_params, student_graphdef = setup.teacher_params, setup.student_graphdef
+    state, state_shardings = setup.state, setup.state_shardings
+    setup.teacher_model = None  # the params live on in teacher_params; the module is not needed
     log(f"teacher {config.teacher.name} ({teacher_cfg.num_layers}x{teacher_cfg.hidden_size}, "
-        f"{teacher_cfg.family}, {teacher_dtype}) loaded in {time.time() - t0:.1f}s from {teacher_dir}")
-
-    # 4. The student (its shapes were checked above), its shardings, the optimizer state.
-    student_overrides = dict(
-        init=config.student.init,
-        teacher_layers=(list(config.student.teacher_layers)
-                        if config.student.get("teacher_layers") else None),
-        dtype=config.student.dtype, param_dtype=config.student.param_dtype,
-        with_mlm_head=objective.needs_mlm_head)
-    for field in ("hidden_dropout", "attention_dropout"):
-        if config.student.get(field) is not None:
-            student_overrides[field] = float(config.student[field])
-    if config.student.get("remat"):
-        student_overrides["remat"] = True
-    student, student_graphdef, student_params, student_shardings = _make_student(
-        models, teacher_cfg, teacher_dir,
-        teacher if teacher_dtype == "float32" else None, student_kwargs, student_overrides,
-        mesh, rules, seed)
-    # load_pretrained placed the params sharded and already in teacher_dtype (the one cast).
-    teacher_shardings = pure_shardings(teacher, mesh, rules)
-    teacher_graphdef, teacher_params = _split_params(teacher)
-    teacher_params = jax.device_put(teacher_params, teacher_shardings)  # no-op when placed
-    del teacher
-    student_cfg = student.cfg
+        f"{teacher_cfg.family}, {teacher_cfg.dtype}) and student built in {time.time() - t0:.1f}s "
+        f"from {teacher_dir}")
     log(f"student {student_cfg.num_layers}x{student_cfg.hidden_size} ({student_cfg.num_heads} heads, "
         f"FFN {student_cfg.intermediate_size}), init={config.student.init}; objective {objective}")
-
-    aux_params = objective.init_params(jax.random.fold_in(jax.random.key(seed), 1))
-    repl = sharding.replicated(mesh)
-    params = {"student": student_params, "aux": jax.device_put(aux_params, repl)}
-    param_shardings = {"student": student_shardings,
-                       "aux": jax.tree.map(lambda _: repl, aux_params)}
-    abstract_opt = jax.eval_shape(tx.init, params)
-    opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, param_shardings,
-        transform_non_params=lambda _: repl,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    state = {"step": jax.device_put(jnp.zeros((), jnp.int32), repl), "params": params,
-             "opt_state": opt_state}
-    state_shardings = {"step": repl, "params": param_shardings, "opt_state": opt_shardings}
+    params = state["params"]
     if jax.process_index() == 0:
         print(metrics_lib.parameter_overview(params["student"], max_lines=30), flush=True)
         log(f"trainable parameters: student {metrics_lib.count_parameters(params['student']):,}, "
@@ -359,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     # 6. Resume.
     checkpointer = ckpt_lib.Checkpointer(
         f"{workdir}/checkpoints", max_to_keep=config.keep_checkpoints,
-        async_save=config.get("async_checkpoints", True))
+        async_save=config.async_checkpoints)
     restored = checkpointer.restore_latest(_abstract(state, state_shardings))
     elapsed_before = 0.0
     if restored is not None:
@@ -369,19 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         log(f"resumed from checkpoint step {restored.step} in {checkpointer.directory}")
     start_step = int(jax.device_get(state["step"]))
 
-    # 7. Compile ahead of time.
-    train_step = step_lib.make_train_step(
-        student_graphdef=student_graphdef, teacher_graphdef=teacher_graphdef, objective=objective,
-        tx=tx, lr_schedule=lr_schedule, microbatches=config.microbatches, seed=seed,
-        output_attentions=objective.needs_attentions,
-        student_has_mlm_head=objective.needs_mlm_head,
-        teacher_has_mlm_head=objective.needs_teacher_mlm_head)
-    metric_sharding = repl
-    jitted = jax.jit(
-        train_step,
-        in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh, 1)),
-        out_shardings=(state_shardings, metric_sharding),
-        donate_argnums=(0,))
+    # 7. Compile ahead of time (the plan compiles this same jitted step from abstract shapes).
+    jitted = setup.jitted
     # Listen for SIGTERM from here on: a preemption during compilation stops after the first step.
     preemption = PreemptionWatch()
     first_local = next(data_iter)
@@ -393,11 +213,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         preemption.close()
         raise
     compile_s = time.time() - t0
-    log(f"step compiled in {compile_s:.1f}s{_memory_line(compiled)}")
+    memory = train_setup.memory_bytes(compiled)
+    log(f"step compiled in {compile_s:.1f}s{_memory_line(memory)}")
 
     tokens_per_step = config.batch_size * config.data.seq_len
-    flops_per_step = _objective_flops(config, objective, teacher_cfg, student_cfg)
-    peak, peak_source = metrics_lib.machine_peak_flops(config.get("peak_flops_per_device", 0.0))
+    flops_per_step = setup.step_flops()
+    if flops_per_step is None:
+        log("FLOPs count unavailable for this objective; MFU not reported")
+    peak, peak_source = metrics_lib.machine_peak_flops(config.peak_flops_per_device)
     if flops_per_step:
         log(f"{flops_per_step / 1e9:.1f} GFLOPs per step (teacher fwd + student fwd/bwd); peak "
             f"{peak / 1e12:.2f} TFLOP/s ({peak_source})")
@@ -413,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     history: list[dict] = _load_history(workdir) if restored is not None else []
     pending: list[dict] = []        # device metrics of the steps since the last log
     last_metrics: dict | None = None
-    stop_after = int(config.get("stop_after_step", 0))
+    stop_after = int(config.stop_after_step)
     preempted = False
     step = start_step
     batch = first_batch
@@ -478,7 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     summary = _summary(config, workdir, step, start_step, history, last_metrics, compile_s, train_s,
                        elapsed_before, t_start, tokens_per_step, flops_per_step, peak, peak_source,
                        preempted, teacher_dir)
-    if not preempted and config.get("export", True):
+    summary["memory_per_device_bytes"] = memory  # XLA's analysis of the compiled step (plan: same)
+    if not preempted and config.export:
         export_dir = f"{workdir}/export"
         final_student = host_params(state["params"]["student"])
         if jax.process_index() == 0:
@@ -499,45 +323,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                      summary=summary)
 
 
-def _make_student(models, teacher_cfg, teacher_dir, teacher_f32, student_kwargs, overrides,
-                  mesh, rules, seed):
-    """Builds the student with every parameter created in its sharding. Random init runs under
-    jax.jit with out_shardings (nothing materialised whole on one device); 'teacher' init copies
-    teacher layers (from `teacher_f32`, or a float32 load when the teacher runs in bf16), then
-    places the result."""
-    teacher_model = None
-    if overrides["init"] == "teacher":
-        teacher_model = teacher_f32
-        if teacher_model is None:  # the bf16 teacher is for forwards; copy weights in float32
-            teacher_model, _, _ = models.load_pretrained(teacher_dir, dtype="float32", param_dtype="float32")
-
-    def make():
-        return models.make_student(teacher_cfg, **student_kwargs, **overrides,
-                                   teacher_model=teacher_model, rngs=nnx.Rngs(seed))
-
-    if teacher_model is None:
-        abstract = nnx.eval_shape(make)
-        shardings = pure_shardings(abstract, mesh, rules)
-        graphdef, _ = _split_params(abstract)
-        params = jax.jit(lambda: _split_params(make())[1], out_shardings=shardings)()
-        student = nnx.merge(graphdef, params)
-    else:
-        student = make()
-        shardings = pure_shardings(student, mesh, rules)
-        graphdef, params = _split_params(student)
-        params = jax.device_put(params, shardings)
-    return student, graphdef, params, shardings
-
-
-def _memory_line(compiled) -> str:
-    """Per-device memory of the compiled step (XLA's analysis), when the backend reports it."""
-    try:
-        mem = compiled.memory_analysis()
-        parts = {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
-                 "temporaries": mem.temp_size_in_bytes}
-    except Exception:  # not every backend implements it
+def _memory_line(memory: dict | None) -> str:
+    """The compiled step's per-device memory (train_setup.memory_bytes), when the backend reports it."""
+    if memory is None:
         return ""
-    return "; per-device memory " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in parts.items())
+    return "; per-device memory " + ", ".join(
+        f"{k} {memory[k] / 2**20:.0f} MiB" for k in ("arguments", "outputs", "temporaries"))
 
 
 def _mean_scalars(host_metrics: list[dict]) -> dict[str, float]:

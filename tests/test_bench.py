@@ -1,5 +1,5 @@
 """The benchmark: the PyTorch baseline computes the same objective as the JAX step on the same
-weights, and `python -m distill_jax.bench` runs end to end on a tiny config and writes valid JSON."""
+weights, and `python -m benchmarks` runs end to end on a tiny config and writes valid JSON."""
 
 import dataclasses
 import json
@@ -7,14 +7,13 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
 
-from distill_jax.bench import jax_step
-from distill_jax.bench.cases import make_case, synthetic_batch
-from distill_jax.bench.torch_baseline import TorchDistillStep, torch_batch
+from benchmarks import jax_step
+from benchmarks.cases import make_case, synthetic_batch
+from benchmarks.torch_baseline import TorchDistillStep, torch_batch
 from distill_jax.flops import Shape
 
 TINY_TEACHER = Shape(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128, vocab_size=500)
@@ -23,15 +22,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("objective", ["minilmv2", "hs", "od"])
 def test_torch_baseline_loss_equals_jax_objective_on_same_weights(objective, tmp_path):
-    from distill_jax.losses import build_objective
     from distill_jax.models import export_pretrained
 
     case = make_case(objective, "tiny", "2x32", 2, 16, relation_heads=4, teacher_shape=TINY_TEACHER)
     batch_np = synthetic_batch(case)
     batch_np["attention_mask"][1, 11:] = 0  # padding must be handled alike on both sides
-    teacher, student = jax_step.build_models(case)
-    objective_fn = build_objective(jax_step.objective_config(case), student.cfg, teacher.cfg)
-    aux = objective_fn.init_params(jax.random.key(0))
+    built = jax_step.build_step(case, batch_np)  # through train.py's builder
+    teacher, student = built.models()
+    objective_fn = built.setup.objective
+    aux = built.state["params"]["aux"]
     inputs = (batch_np["input_ids"], batch_np["attention_mask"], batch_np["token_type_ids"])
     heads = dict(student_mlm_head=student.mlm_logits, teacher_mlm_head=teacher.mlm_logits) \
         if objective == "od" else {}
@@ -56,7 +55,7 @@ def test_cli_runs_tiny_matrix_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "DISTILL_JAX_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, "-m", "distill_jax.bench", "--objective=minilmv2", "--teacher=2x64",
+    cmd = [sys.executable, "-m", "benchmarks", "--objective=minilmv2", "--teacher=2x64",
            "--student=1x32", "--vocab=500", "--relation_heads=4", "--batch=2", "--seq_len=16",
            "--steps=2", "--warmup=1", "--torch=eager", "--peak_n=256", "--data_max_documents=8",
            f"--out={out}"]
@@ -78,7 +77,7 @@ def test_cli_runs_tiny_matrix_and_writes_json(tmp_path):
 
 
 def test_bad_flags_fail_with_one_line_naming_the_flag():
-    from distill_jax.bench.__main__ import build_cases, parse_args
+    from benchmarks.__main__ import build_cases, parse_args
 
     with pytest.raises(ValueError, match="--objective='kd'"):
         build_cases(parse_args(["--objective=kd"]))

@@ -129,12 +129,18 @@ def test_load_pretrained_onto_mesh(tmp_path):
     plain = Encoder(CFG, rngs=nnx.Rngs(4))
     export_pretrained(plain, tmp_path)
     mesh = make_mesh(data=-1, fsdp=2, tensor=2)
-    model, _, report = load_pretrained(tmp_path, mesh=mesh)
+    # The loaders take shardings (here: the logical-axis rules applied to the abstract models).
+    abstract = nnx.eval_shape(lambda: Encoder(CFG, rngs=nnx.Rngs(0)))
+    model, _, report = load_pretrained(tmp_path, shardings=nnx.to_pure_dict(state_shardings(abstract, mesh)))
     assert report.missing == []
     q = model.layers[1].attention.query.kernel.get_value()
     assert q.sharding.spec == P("fsdp", "tensor")
     np.testing.assert_array_equal(q, plain.layers[1].attention.query.kernel.get_value())
-    clf, _, _ = load_sequence_classifier(tmp_path, num_labels=3, mesh=mesh)
+    no_head = CFG.replace(with_mlm_head=False)
+    abstract_clf = nnx.eval_shape(lambda: SequenceClassifier(Encoder(no_head, rngs=nnx.Rngs(0)), 3,
+                                                             rngs=nnx.Rngs(0)))
+    clf, _, _ = load_sequence_classifier(tmp_path, num_labels=3,
+                                         shardings=nnx.to_pure_dict(state_shardings(abstract_clf, mesh)))
     assert clf.head.out_proj.kernel.get_value().sharding.spec == P("fsdp", None)
     assert clf.encoder.layers[0].ffn_out.kernel.get_value().sharding.spec == P("tensor", "fsdp")
 

@@ -163,6 +163,23 @@ def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_plan_on_fake_cpu_devices_reports_the_runs_compiled_memory(run_8dev, tiny_teacher, data_cache,
+                                                                   compilation_cache):
+    """python -m distill_jax.plan --topology=cpu:8 builds the step through the same builder from
+    abstract shapes (no weights, no data): XLA's per-device memory must equal what train.py's own
+    compiled step reported for the same config on the same 8 fake devices."""
+    from distill_jax import plan
+
+    config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
+    result = plan.plan_config(config, plan.parse_topology("cpu:8"))
+    run_memory = run_8dev.summary["memory_per_device_bytes"]
+    fields = ("arguments", "outputs", "temporaries", "aliased", "total")
+    assert run_memory["total"] > 0
+    assert {k: result["memory"][k] for k in fields} == {k: run_memory[k] for k in fields}
+    written = json.loads((Path(run_8dev.summary["workdir"]) / "config.json").read_text())
+    assert written == json.loads(json.dumps(config.to_dict()))  # the config the run started with
+
+
 def test_tensorboard_events_hold_the_logged_values(run_8dev):
     import tensorflow as tf
 

@@ -50,17 +50,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from distill_jax.data.cache import PackedCorpus, cache_info, load_or_build
+from distill_jax.data.cache import PackedCorpus, load_or_build
 from distill_jax.data.config import (MlmConfig, config_value, default_cache_dir,
                                      default_data_config, validate_data_config)
-from distill_jax.data.iterator import BatchIterator
+from distill_jax.data.iterator import BatchIterator, batch_shapes
 from distill_jax.data.sources import make_source
 from distill_jax.data.tokenization import (SpecialTokens, check_vocab, load_tokenizer,
                                            tokenizer_fingerprint)
 
 __all__ = [
-    "BatchIterator", "MlmConfig", "PackedCorpus", "SpecialTokens", "build_packed_corpus",
-    "build_train_iterator", "cache_info", "check_vocab", "default_data_config", "load_tokenizer",
+    "BatchIterator", "MlmConfig", "PackedCorpus", "SpecialTokens", "batch_shapes", "build_packed_corpus",
+    "build_train_iterator", "check_vocab", "default_data_config", "load_tokenizer",
     "tokenizer_fingerprint", "validate_data_config",
 ]
 

@@ -133,8 +133,3 @@ def iter_builtin_documents(root: str | None = None) -> Iterator[str]:
         if docs:
             yield "\n\n".join(docs)
     yield from _pydoc_topics(root)
-
-
-def count_builtin_documents(root: str | None = None) -> int:
-    """Number of documents without building them all into memory at once."""
-    return sum(1 for _ in iter_builtin_documents(root))

@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from typing import Any
 
 import numpy as np
 
@@ -202,10 +201,3 @@ def load_or_build(source: Source, tokenizer, *, seq_len: int, cache_dir: str,
         if os.path.exists(tmp_dir):
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return _open(final_dir, special)
-
-
-def cache_info(corpus: PackedCorpus) -> dict[str, Any]:
-    """The metadata a report or benchmark prints."""
-    keys = ("num_documents", "text_tokens", "num_blocks", "seq_len", "padding_tokens",
-            "replaced_invalid_utf8", "build_seconds")
-    return {k: corpus.meta[k] for k in keys}

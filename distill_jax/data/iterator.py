@@ -33,6 +33,23 @@ from distill_jax.data.packing import attention_mask_from_lengths, segment_ids_fr
 STATE_VERSION = 1
 
 
+def batch_shapes(batch_size: int, seq_len: int, mlm_positions: int = 0,
+                 segment_ids: bool = False) -> dict[str, tuple[tuple[int, ...], type]]:
+    """{field: (shape, numpy dtype)} of a batch of `batch_size` rows as `BatchIterator.batch_at`
+    yields it: MLM fields when mlm_positions P > 0, segment_ids when asked. The TPU plan compiles
+    the step from these shapes without reading any data."""
+    rows = (batch_size, seq_len)
+    shapes = {"input_ids": (rows, np.int32), "attention_mask": (rows, np.int32),
+              "token_type_ids": (rows, np.int32)}
+    if segment_ids:
+        shapes["segment_ids"] = (rows, np.int32)
+    if mlm_positions:
+        slots = (batch_size, mlm_positions)
+        shapes.update(mlm_positions=(slots, np.int32), mlm_ids=(slots, np.int32),
+                      mlm_weights=(slots, np.float32))
+    return shapes
+
+
 class BatchIterator:
     """Iterator of this process's batches: dicts of numpy arrays (see the package docstring)."""
 

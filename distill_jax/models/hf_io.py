@@ -14,7 +14,6 @@ import socket
 import struct
 import threading
 import urllib.parse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from flax.nnx import traversals
 
 from distill_jax.models.config import EncoderConfig
 from distill_jax.models.encoder import Encoder
@@ -31,8 +30,6 @@ from distill_jax.models.heads import SequenceClassifier
 from distill_jax.models.hf_names import (ARCHITECTURES, BASE_PREFIX, BUFFER_NAMES, TIED_NAMES,
                                          classifier_tensor_names, encoder_tensor_names, get_param,
                                          mlm_head_prefix)
-from distill_jax.models.partitioning import create_sharded, state_shardings
-from distill_jax.sharding import DEFAULT_RULES
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +198,24 @@ def read_hf_config(model_dir: Path) -> dict:
     return json.loads(cfg_path.read_text())
 
 
+# Architecture shapes (the config.json numbers) of public hub checkpoints the recipes name, so a
+# plan (python -m distill_jax.plan) compiles for them without the hub or any weights.
+HUB_CONFIGS_DIR = Path(__file__).resolve().parent / "hub_configs"
+
+
+HUB_CONFIG_ORGS = ("", "google-bert/", "FacebookAI/")  # the same checkpoints under their orgs' names
+
+
+def known_hub_config(name: str) -> dict | None:
+    """The shipped config.json of hub id `name` ('bert-base-uncased', 'FacebookAI/xlm-roberta-base'
+    -> hub_configs/xlm-roberta-base.json), or None when none is shipped. Shapes only: no weights."""
+    org, _, model = name.rpartition("/")
+    if (org + "/" if org else "") not in HUB_CONFIG_ORGS:
+        return None
+    path = HUB_CONFIGS_DIR / f"{model}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 # ---------------------------------------------------------------- loading
 
 @dataclasses.dataclass
@@ -269,24 +284,25 @@ def assign_tensors(module: nnx.Module, names, tensors: dict[str, np.ndarray], *,
 
 
 def load_pretrained(name_or_path: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any = "float32",
-                    with_mlm_head: bool | None = None, rngs: nnx.Rngs | None = None, mesh: Mesh | None = None,
-                    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES, **config_overrides,
-                    ) -> tuple[Encoder, EncoderConfig, LoadReport]:
+                    with_mlm_head: bool | None = None, rngs: nnx.Rngs | None = None, shardings: Any = None,
+                    **config_overrides) -> tuple[Encoder, EncoderConfig, LoadReport]:
     """Loads an HF BERT / RoBERTa / XLM-R checkpoint (local dir, offline teacher id or hub id).
 
     with_mlm_head: None = as the checkpoint has it; True = always (freshly initialised if absent);
-    False = never. rngs seeds parameters the checkpoint lacks (default nnx.Rngs(0)). With `mesh`,
-    parameters are created already sharded per `rules`. config_overrides replace EncoderConfig
-    fields (e.g. hidden_dropout=0.0). Returns (model, cfg, report).
+    False = never. rngs seeds parameters the checkpoint lacks (default nnx.Rngs(0)). shardings: a
+    jax Sharding per parameter, as a pure dict like nnx.to_pure_dict(nnx.state(model)) (e.g.
+    from models.state_shardings of the abstract model): every tensor is placed straight into its
+    shard. config_overrides replace EncoderConfig fields (e.g. hidden_dropout=0.0).
+    Returns (model, cfg, report).
     """
     model, cfg, report, _ = _load_encoder(name_or_path, dtype=dtype, param_dtype=param_dtype,
-                                          with_mlm_head=with_mlm_head, rngs=rngs, mesh=mesh, rules=rules,
+                                          with_mlm_head=with_mlm_head, rngs=rngs, shardings=shardings,
                                           config_overrides=config_overrides)
     log.info("%s", report)
     return model, cfg, report
 
 
-def _load_encoder(name_or_path, *, dtype, param_dtype, with_mlm_head, rngs, mesh, rules, config_overrides):
+def _load_encoder(name_or_path, *, dtype, param_dtype, with_mlm_head, rngs, shardings, config_overrides):
     model_dir = resolve_model_dir(name_or_path)
     hf_cfg = read_hf_config(model_dir)
     cfg = EncoderConfig.from_hf_dict(hf_cfg, source=str(model_dir / "config.json"), dtype=dtype,
@@ -301,17 +317,17 @@ def _load_encoder(name_or_path, *, dtype, param_dtype, with_mlm_head, rngs, mesh
     make_model = lambda: Encoder(cfg, rngs=nnx.Rngs(params=seed))  # noqa: E731
     # Abstract first: no random numbers are drawn (and nothing is allocated) for tensors the file has.
     model = nnx.eval_shape(make_model)
-    shardings = None
-    if mesh is not None:
-        shardings = {path: var.get_value() for path, var in nnx.to_flat_state(state_shardings(model, mesh, rules))}
+    flat_shardings = traversals.flatten_mapping(shardings) if shardings is not None else None
     names = encoder_tensor_names(cfg)
     loaded, missing = assign_tensors(model, names, tensors, source=str(model_dir), param_dtype=cfg.param_dtype,
-                                     shardings=shardings)
+                                     shardings=flat_shardings)
     if missing:  # BERT-style random init for what the checkpoint lacks (e.g. a fresh MLM head)
-        fresh = create_sharded(make_model, mesh, rules) if mesh is not None else make_model()
+        fresh = (jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model())), out_shardings=shardings)()
+                 if shardings is not None else nnx.to_pure_dict(nnx.state(make_model())))
+        flat_fresh = traversals.flatten_mapping(fresh)
         for tn in names:
             if tn.hf in missing:
-                get_param(model, tn.path).set_value(get_param(fresh, tn.path).get_value())
+                get_param(model, tn.path).set_value(flat_fresh[tuple(tn.path)])
 
     known = {tn.hf for tn in names}
     ignored = [k for k in tensors if k in BUFFER_NAMES or k in TIED_NAMES[cfg.family]]
@@ -321,14 +337,16 @@ def _load_encoder(name_or_path, *, dtype, param_dtype, with_mlm_head, rngs, mesh
 
 def load_sequence_classifier(name_or_path: str | os.PathLike, num_labels: int | None = None, *,
                              dtype: Any = "float32", param_dtype: Any = "float32", rngs: nnx.Rngs | None = None,
-                             mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+                             shardings: Any = None,
                              **config_overrides) -> tuple[SequenceClassifier, EncoderConfig, LoadReport]:
     """A SequenceClassifier from an HF checkpoint: the encoder (and BERT pooler) as load_pretrained,
     the head from a *ForSequenceClassification checkpoint when present, freshly initialised (and
-    reported missing) otherwise. num_labels None = the checkpoint's config (num_labels / id2label)."""
+    reported missing) otherwise. num_labels None = the checkpoint's config (num_labels / id2label).
+    shardings: as load_pretrained's, for the whole classifier (its "encoder" and "head" entries)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     encoder, cfg, report, tensors = _load_encoder(
-        name_or_path, dtype=dtype, param_dtype=param_dtype, with_mlm_head=False, rngs=rngs, mesh=mesh, rules=rules,
+        name_or_path, dtype=dtype, param_dtype=param_dtype, with_mlm_head=False, rngs=rngs,
+        shardings=shardings["encoder"] if shardings is not None else None,
         config_overrides=config_overrides)
     if num_labels is None:
         hf_cfg = read_hf_config(Path(report.model_dir))
@@ -337,9 +355,8 @@ def load_sequence_classifier(name_or_path: str | os.PathLike, num_labels: int | 
             raise ValueError(f"{report.model_dir}/config.json gives no num_labels; pass num_labels=<classes> "
                              "(1 for regression)")
     clf = SequenceClassifier(encoder, int(num_labels), rngs=rngs)
-    if mesh is not None:
-        state = nnx.state(clf)
-        nnx.update(clf, jax.device_put(state, state_shardings(state, mesh, rules)))
+    if shardings is not None:
+        _place(clf, shardings)
     head_names = classifier_tensor_names(cfg.family)
     out_weight = head_names[-2].hf  # classifier.weight / classifier.out_proj.weight: [num_labels, D]
     if out_weight in tensors and tensors[out_weight].shape[0] != num_labels:
@@ -348,14 +365,20 @@ def load_sequence_classifier(name_or_path: str | os.PathLike, num_labels: int | 
                          "SequenceClassifier(encoder, num_labels, rngs=...)")
     loaded, missing = assign_tensors(clf, head_names, tensors, source=report.model_dir,
                                      param_dtype=cfg.param_dtype)
-    if mesh is not None and loaded:  # assign_tensors placed loaded head tensors on the default device
-        state = nnx.state(clf)
-        nnx.update(clf, jax.device_put(state, state_shardings(state, mesh, rules)))
+    if shardings is not None and loaded:  # assign_tensors placed loaded head tensors on the default device
+        _place(clf, shardings)
     report.loaded += loaded
     report.missing += missing
     report.unexpected = [k for k in report.unexpected if k not in set(loaded)]
     log.info("%s", report)
     return clf, cfg, report
+
+
+def _place(module: nnx.Module, shardings: Any) -> None:
+    """Moves every parameter of `module` into its sharding (a pure dict like nnx.to_pure_dict)."""
+    state = nnx.state(module)
+    nnx.replace_by_pure_dict(state, jax.device_put(nnx.to_pure_dict(state), shardings))
+    nnx.update(module, state)
 
 
 def _check_tied_decoder(tensors, cfg: EncoderConfig, model_dir: Path) -> None:

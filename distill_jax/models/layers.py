@@ -1,7 +1,7 @@
 """Building blocks with logical axis names on every parameter: Dense, LayerNorm, Embed, dropout.
 
 Every nnx.Param carries `logical_axes` metadata (a tuple of names such as ('embed', 'mlp'));
-`distill_jax.models.sharding.state_shardings` maps them to NamedShardings with the rules table in
+`distill_jax.models.partitioning.state_shardings` maps them to NamedShardings with the rules table in
 `distill_jax.sharding`. We use our own metadata key (not nnx's `out_sharding`) so that creating a
 model never needs a mesh; sharding is applied explicitly where the caller wants it.
 """

@@ -27,10 +27,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from distill_jax.bench.cases import Case
+from benchmarks.cases import Case
 from distill_jax.flops import Shape
 
 

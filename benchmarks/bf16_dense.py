@@ -2,7 +2,7 @@
 (float32 accumulation: preferred_element_type=float32, then one cast), and in bfloat16 with a
 bf16-output dot (bf16 x bf16 -> bf16, what Dense did before), timed alternately in one process:
 
-    python -m distill_jax.bench.bf16_dense --batch=8 --seq_len=128 --repeats=6
+    python -m benchmarks.bf16_dense --batch=8 --seq_len=128 --repeats=6
 
 Why: on this CPU (AMD EPYC with AVX512_BF16) XLA's bf16 GEMM is fast only when it may accumulate
 and output in float32; a bf16-output dot is slower than float32. The third variant patches

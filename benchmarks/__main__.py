@@ -1,14 +1,14 @@
-"""python -m distill_jax.bench: distillation step throughput, MFU, memory and compile time, ours
+"""python -m benchmarks: distillation step throughput, MFU, memory and compile time, ours
 against PyTorch (HF transformers) doing the same step, in one process with the same threads.
 
-    python -m distill_jax.bench --objective=minilmv2 --teacher=bert-base --student=6x384 \
+    python -m benchmarks --objective=minilmv2 --teacher=bert-base --student=6x384 \
         --batch=32 --seq_len=128 --steps=10 --warmup=2 --out=bench.json
 
 Comma-separated values run the product (e.g. --objective=minilmv2,hs,od --seq_len=128,512).
 `--teacher` is `bert-base` (random weights of bert-base's shape), `minilm-l6` (the real offline
 all-MiniLM-L6-v2) or `LAYERSxWIDTH` for a random teacher of that shape (tests use tiny ones).
 
-Per case: the JAX step (distill_jax.step when present, else the bench's own build of the same step)
+Per case: the JAX step (train.py's, built by distill_jax.train_setup.build_train_setup)
 is lowered and compiled ahead of time (both timed), its memory_analysis() read, then timed for
 `--steps` steps after `--warmup`; the PyTorch step (eager, and torch.compile unless --torch=eager)
 likewise. With --rounds=N the implementations take turns N times, so slow phases of a shared
@@ -31,7 +31,7 @@ import traceback
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m distill_jax.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objective", default="minilmv2", help="minilmv2, hs (uniform_cons), od; comma list")
     p.add_argument("--teacher", default="bert-base", help="bert-base, minilm-l6 or LxW; comma list")
@@ -49,8 +49,6 @@ def parse_args(argv):
     p.add_argument("--vocab", type=int, default=30522, help="vocabulary of LxW random teachers")
     p.add_argument("--torch", default="eager,compile",
                    help="PyTorch variants: eager, compile, both comma-separated, or none")
-    p.add_argument("--step", default="project", choices=("project", "fallback"),
-                   help="JAX step: distill_jax.step (project) or the bench's own build (fallback)")
     p.add_argument("--no_data", action="store_true", help="skip the input pipeline's tokens/s")
     p.add_argument("--data_max_documents", type=int, default=0,
                    help="builtin-corpus documents for the pipeline's tokens/s (0 = all)")
@@ -88,7 +86,7 @@ def _split(value: str, cast=str) -> list:
 
 
 def build_cases(args):
-    from distill_jax.bench.cases import TEACHERS, make_case, student_shape
+    from benchmarks.cases import TEACHERS, make_case, student_shape
     import dataclasses
 
     cases = []
@@ -117,15 +115,15 @@ def _reason(exc: BaseException) -> str:
 
 def run_case(case, args, peaks) -> dict:
     """Everything measured for one case (see the module docstring)."""
-    from distill_jax.bench import jax_step, report, torch_baseline
-    from distill_jax.bench.cases import synthetic_batch
+    from benchmarks import jax_step, report, torch_baseline
+    from benchmarks.cases import synthetic_batch
 
     flops = case.step_flops()
     result = {"case": case.as_dict()}
     batch_np = synthetic_batch(case)
 
     print(f"  jax: building and compiling ({flops.total / 1e9:.1f} GFLOP/step analytic)", flush=True)
-    built = jax_step.build_step(case, batch_np, step=args.step)
+    built = jax_step.build_step(case, batch_np)
     compiled, compile_info = jax_step.compile_step(built)
     print(f"  jax: lower {compile_info['lower_s']:.1f} s, compile {compile_info['compile_s']:.1f} s, "
           f"peak {compile_info['memory'].get('peak_bytes', 0) / 2**20:.0f} MiB", flush=True)
@@ -141,7 +139,7 @@ def run_case(case, args, peaks) -> dict:
         except Exception as exc:  # noqa: BLE001 - reported as n/a with the reason
             torch_info[variant] = {"status": "n/a", "reason": _reason(exc)}
 
-    from distill_jax.bench import peak as peak_lib
+    from benchmarks import peak as peak_lib
 
     round_mfu = {"jax": [], **{f"torch_{v}": [] for v in torch_steps}}
     for r in range(args.rounds):
@@ -203,7 +201,7 @@ def run_case(case, args, peaks) -> dict:
 
     if not args.no_data:
         try:
-            from distill_jax.bench.data_rate import data_tokens_per_s
+            from benchmarks.data_rate import data_tokens_per_s
 
             result["data"] = data_tokens_per_s(case, max_documents=args.data_max_documents)
         except Exception as exc:  # noqa: BLE001 - the pipeline is another part; report, don't die
@@ -218,11 +216,11 @@ def main(argv=None) -> dict:
 
     import jax
 
-    from distill_jax.bench import peak as peak_lib
-    from distill_jax.bench import report
+    from benchmarks import peak as peak_lib
+    from benchmarks import report
 
     device = jax.devices()[0]
-    print(f"distill_jax.bench: {len(cases)} case(s) on {device.platform}:{device.device_kind}, "
+    print(f"benchmarks: {len(cases)} case(s) on {device.platform}:{device.device_kind}, "
           f"{threads} thread(s)", flush=True)
     peaks = {"jax": peak_lib.peak_for(device, n=args.peak_n)}
     if device.platform == "cpu" and args.torch_variants:
@@ -234,7 +232,7 @@ def main(argv=None) -> dict:
     for name, p in peaks.items():
         print(f"peak ({name}): {p['flops_per_s'] / 1e9:.1f} GFLOP/s ({p['source']})", flush=True)
 
-    payload = {"command": "python -m distill_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+    payload = {"command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                "machine": {**report.machine_info(threads), "cpu_device": device.platform == "cpu"},
                "peak": peaks,

@@ -3,7 +3,8 @@
 CPU: no datasheet figure means anything for a shared VM, so the peak is measured: the best of a
 few large float32 square matmuls in this process, with the same threads as the step (JAX's and
 PyTorch's each, since they use different GEMM libraries: XLA:CPU's Eigen / oneDNN vs MKL/oneDNN).
-GPU/TPU: the vendor's dense bf16 figure per device, from the table below.
+GPU/TPU: the vendor's dense bf16 figure per device, from distill_jax.metrics.PEAK_BF16_FLOPS (the
+one table; train.py's MFU divides by it too).
 """
 
 from __future__ import annotations
@@ -12,36 +13,9 @@ import time
 
 import numpy as np
 
-# Dense (no sparsity) bf16 peak FLOP/s per JAX device, by a substring of device.device_kind.
-# Sources: NVIDIA H100/H200/A100/L4 datasheets; Cloud TPU system architecture pages (v2/v3 list
-# per chip with 2 devices (cores) each, so the per-device figure is half the chip's).
-DATASHEET_BF16 = (
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-    ("L4", 121e12),
-    ("TPU v6", 918e12),
-    ("TPU v5p", 459e12),
-    ("TPU v5 lite", 197e12),
-    ("TPU v5e", 197e12),
-    ("TPU v4", 275e12),
-    ("TPU v3", 61.5e12),
-    ("TPU v2", 23e12),
-)
-
-
 # FLOPs per process-CPU-second of the last matmul sample (all threads' CPU time together): the
 # per-thread peak, which other processes' load barely changes (unlike the wall-clock figure).
 _LAST_CPU_PEAK: dict[str, float] = {}
-
-
-def datasheet_peak(device_kind: str) -> float | None:
-    """Dense bf16 FLOP/s of one device of this kind, or None when the table has no entry."""
-    for key, flops in DATASHEET_BF16:
-        if key.lower() in device_kind.lower():
-            return flops
-    return None
 
 
 def jax_matmul_peak(n: int = 2048, repeats: int = 5, device=None) -> float:
@@ -92,10 +66,12 @@ def peak_for(device, *, n: int = 2048, repeats: int = 5) -> dict:
                           "at the start and before every round"}
         record_cpu_peak(entry, "jax")
         return entry
-    flops = datasheet_peak(device.device_kind)
+    from distill_jax.metrics import datasheet_peak_flops
+
+    flops = datasheet_peak_flops(device.device_kind)
     if flops is None:
         raise ValueError(f"no datasheet bf16 peak for device kind {device.device_kind!r}; add it to "
-                         "distill_jax.bench.peak.DATASHEET_BF16")
+                         "distill_jax.metrics.PEAK_BF16_FLOPS")
     return {"flops_per_s": flops, "source": f"datasheet dense bf16 for {device.device_kind}"}
 
 

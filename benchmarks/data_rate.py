@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from distill_jax.bench.cases import Case
+from benchmarks.cases import Case
 
 
 @functools.lru_cache(maxsize=None)

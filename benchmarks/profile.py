@@ -1,4 +1,4 @@
-"""Where the JAX step's time goes: python -m distill_jax.bench.profile (same case flags as the bench).
+"""Where the JAX step's time goes: python -m benchmarks.profile (same case flags as the bench).
 
 Runs the compiled step under jax.profiler.trace for a few steps, then reads the trace's Chrome
 JSON (trace.json.gz, written next to the .xplane.pb) and sums the duration of every XLA:CPU thunk
@@ -70,13 +70,13 @@ def summarise_trace(trace_json_gz: str, steps: int) -> dict:
             "top_ops_ms": dict(by_op.most_common(25))}
 
 
-def profile_jax(case, *, steps: int = 2, trace_dir: str | None = None, step: str = "project") -> dict:
+def profile_jax(case, *, steps: int = 2, trace_dir: str | None = None) -> dict:
     import jax
 
-    from distill_jax.bench import jax_step
-    from distill_jax.bench.cases import synthetic_batch
+    from benchmarks import jax_step
+    from benchmarks.cases import synthetic_batch
 
-    built = jax_step.build_step(case, synthetic_batch(case), step=step)
+    built = jax_step.build_step(case, synthetic_batch(case))
     compiled, info = jax_step.compile_step(built)
     jax_step.time_compiled(compiled, built, warmup=2, steps=1)
     trace_dir = trace_dir or tempfile.mkdtemp(prefix="jax_trace_")
@@ -93,8 +93,8 @@ def profile_jax(case, *, steps: int = 2, trace_dir: str | None = None, step: str
 def profile_torch(case, *, steps: int = 2) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from distill_jax.bench.cases import synthetic_batch
-    from distill_jax.bench.torch_baseline import TorchDistillStep, torch_batch
+    from benchmarks.cases import synthetic_batch
+    from benchmarks.torch_baseline import TorchDistillStep, torch_batch
 
     step = TorchDistillStep(case)
     batch = torch_batch(synthetic_batch(case))
@@ -110,7 +110,7 @@ def profile_torch(case, *, steps: int = 2) -> dict:
 
 
 def main(argv=None) -> dict:
-    from distill_jax.bench.__main__ import apply_threads, build_cases, parse_args
+    from benchmarks.__main__ import apply_threads, build_cases, parse_args
 
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--profile_steps", type=int, default=2)
@@ -122,8 +122,7 @@ def main(argv=None) -> dict:
     out = {}
     for case in build_cases(args):
         print(f"profiling {case.name} ({case.step_flops().total / 1e9:.1f} GFLOP/step)", flush=True)
-        result = {"jax": profile_jax(case, steps=known.profile_steps, trace_dir=known.trace_dir,
-                                     step=args.step)}
+        result = {"jax": profile_jax(case, steps=known.profile_steps, trace_dir=known.trace_dir)}
         j = result["jax"]
         print(f"  jax: {j['busy_ms_per_step']:.0f} ms busy thread time per step, wall "
               f"{[round(t * 1e3) for t in j['step_times_s']]} ms; trace {j['trace']}")

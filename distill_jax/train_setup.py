@@ -1,0 +1,404 @@
+"""One way to build the training state, abstract or real: the trainer (train.py), the benchmark
+(benchmarks/) and the TPU plan (distill_jax.plan) all call `build_train_setup`, so what the plan
+compiles is what the run compiles.
+
+    setup = build_train_setup(config, mesh, teacher_hf=hf_config_dict, teacher_dir=dir, abstract=False)
+    compiled = setup.jitted.lower(setup.state, setup.teacher_params, batch).compile()
+
+The phases (big_vision style): shapes from the teacher's config.json -> objective, optimizer ->
+abstract models -> shardings from the parameters' logical axes -> arrays:
+  abstract=True   every array is a jax.ShapeDtypeStruct carrying its sharding: no weight is read,
+                  nothing is placed on a device (the plan compiles the step from these alone);
+  abstract=False  the teacher's weights are read from `teacher_dir` straight into their shardings
+                  (random weights of the config's shape when teacher_dir is None: benchmarks), the
+                  student is initialised under jax.jit(init, out_shardings=...), the optimizer
+                  state likewise.
+
+State layout (what checkpoints hold; distill_jax/step.py documents the step):
+    {"step": int32 [], "params": {"student": <pure dict>, "aux": <objective params>},
+     "opt_state": <optax state over params>}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from distill_jax import optim, sharding
+from distill_jax import step as step_lib
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks (every impossible value named before anything heavy runs)
+# ----------------------------------------------------------------------------------------------
+
+def _positive_int(config, field: str) -> int:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"config.{field}={value!r}: must be a positive integer")
+    return int(value)
+
+
+def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
+    """Raises ValueError naming the config field for values that can never work."""
+    for field in ("total_steps", "batch_size", "microbatches", "log_every", "checkpoint_every",
+                  "keep_checkpoints", "data.seq_len"):
+        _positive_int(config, field)
+    for field in ("student.num_layers", "student.hidden_size", "student.num_heads",
+                  "student.intermediate_size"):
+        _positive_int(config, field)
+    if config.student.hidden_size % config.student.num_heads:
+        raise ValueError(f"config.student.hidden_size={config.student.hidden_size} is not divisible by "
+                         f"config.student.num_heads={config.student.num_heads}")
+    if config.student.init not in ("random", "teacher"):
+        raise ValueError(f"config.student.init={config.student.init!r}: use 'random' or 'teacher'")
+    for field in ("teacher.dtype", "student.dtype", "student.param_dtype"):
+        section, name = field.split(".")
+        if config[section][name] not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"config.{field}={config[section][name]!r}: use 'float32' or 'bfloat16'")
+    if config.batch_size % config.microbatches:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by "
+                         f"config.microbatches={config.microbatches}")
+    if config.batch_size % process_count:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                         f"{process_count} processes (each host feeds an equal share)")
+    if config.stop_after_step < 0:
+        raise ValueError(f"config.stop_after_step={config.stop_after_step}: must be >= 0 (0 = off)")
+
+
+def check_batch_fits_mesh(config, mesh: Mesh) -> None:
+    """Each microbatch must split evenly over the batch axes (data x fsdp) of the mesh."""
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = config.batch_size // config.microbatches
+    if rows % batch_devices:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} / config.microbatches={config.microbatches} = {rows} "
+            f"rows per microbatch do not split over mesh data*fsdp = {batch_devices} devices; "
+            f"make the microbatch a multiple of {batch_devices}")
+
+
+def axis_rules(config) -> tuple:
+    """config.logical_axis_rules as the rules tuple distill_jax.sharding expects (empty = default)."""
+    if not config.logical_axis_rules:
+        return sharding.DEFAULT_RULES
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                 for name, axes in config.logical_axis_rules)
+
+
+def make_config_mesh(config, devices) -> Mesh:
+    """The (data, fsdp, tensor) mesh config.mesh asks for, over `devices` (all of them, or the
+    first config.mesh.devices)."""
+    devices = list(devices)
+    num = int(config.mesh.devices)
+    if num < 0 or num > len(devices):
+        raise ValueError(f"config.mesh.devices={num}: must be 0 (all) or at most the "
+                         f"{len(devices)} devices present")
+    return sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                              devices=devices[:num] if num else devices)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers: pure-dict params <-> shardings
+# ----------------------------------------------------------------------------------------------
+
+def param_shardings(model: nnx.Module, mesh: Mesh, rules) -> Any:
+    """NamedSharding per parameter of `model` (abstract or real), as a pure dict."""
+    from distill_jax.models.partitioning import state_shardings
+
+    return nnx.to_pure_dict(state_shardings(nnx.state(model, nnx.Param), mesh, rules))
+
+
+def split_params(model: nnx.Module) -> tuple[Any, Any]:
+    """(graphdef, params as a pure dict); the encoders hold nothing but nnx.Param."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(f"{type(model).__name__} holds non-parameter state {list(rest.keys())}; "
+                         "the train step expects parameters only")
+    return graphdef, nnx.to_pure_dict(params)
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s arrays (or structs) carrying `shardings` (same tree)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+# ----------------------------------------------------------------------------------------------
+# The setup
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainSetup:
+    """Everything the train step needs, built once (see the module docstring)."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    rules: tuple
+    abstract: bool
+    teacher_cfg: Any           # models.EncoderConfig (compute dtype and heads as the step runs it)
+    student_cfg: Any
+    objective: Any             # losses.Objective
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    teacher_graphdef: Any
+    student_graphdef: Any
+    teacher_params: Any        # pure dict: arrays, or ShapeDtypeStructs when abstract
+    teacher_shardings: Any
+    state: Any                 # {"step", "params": {"student", "aux"}, "opt_state"}
+    state_shardings: Any
+    train_step: Callable       # the pure step (distill_jax.step.make_train_step)
+    jitted: Any                # jax.jit(train_step) with shardings, the state donated
+    teacher_model: Any = None  # the loaded teacher nnx module (real mode only)
+
+    @property
+    def mlm_positions(self) -> int:
+        """MLM positions per row the batch carries (0 when the objective reads no MLM fields)."""
+        return int(self.config.data.mlm.max_predictions) if self.objective.needs_mlm_batch else 0
+
+    def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch as ShapeDtypeStructs sharded over the batch axes (the data iterator's
+        fields: distill_jax.data.batch_shapes)."""
+        from distill_jax.data import batch_shapes
+
+        shapes = batch_shapes(int(self.config.batch_size), int(self.config.data.seq_len),
+                              self.mlm_positions, segment_ids=bool(self.config.data.segment_ids))
+        return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(self.mesh, len(shape)))
+                for k, (shape, dtype) in shapes.items()}
+
+    def abstract_state(self) -> Any:
+        return abstract_like(self.state, self.state_shardings)
+
+    def lower(self, batch: Any = None):
+        """jitted.lower over this setup's state and teacher params and `batch` (default: the
+        abstract batch_spec())."""
+        return self.jitted.lower(self.state, self.teacher_params,
+                                 self.batch_spec() if batch is None else batch)
+
+    def step_flops(self) -> float | None:
+        """Analytic matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective; flops.py)."""
+        return objective_flops(self.config, self.objective, self.teacher_cfg, self.student_cfg)
+
+
+def teacher_encoder_config(config, teacher_hf: dict, *, source: str, with_mlm_head: bool):
+    """The teacher's EncoderConfig as the step runs it: config.json shapes, config.teacher.dtype
+    for compute and storage (cast once at load), the MLM head only when the objective reads it."""
+    from distill_jax import models
+
+    cfg = models.EncoderConfig.from_hf_dict(teacher_hf, source=source, dtype=config.teacher.dtype,
+                                            param_dtype=config.teacher.dtype)
+    return cfg.replace(with_mlm_head=bool(with_mlm_head))
+
+
+def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_hf: dict,
+                      teacher_dir: str | None = None, abstract: bool = False,
+                      teacher_source: str = "config.json") -> TrainSetup:
+    """Teacher, student, objective (+ aux params), optimizer, shardings and the jitted step.
+
+    teacher_hf: the teacher's config.json as a dict (shapes only). teacher_dir: where its weights
+    are (real mode); None with abstract=False gives random teacher weights (benchmarks).
+    teacher_source names the config.json in errors. Raises ValueError naming the config field for
+    shapes that cannot work, before any array exists.
+    """
+    from distill_jax import models
+    from distill_jax.losses import build_objective
+
+    config = ml_collections.ConfigDict(config)
+    seed = int(config.seed)
+    rules = axis_rules(config)
+    check_batch_fits_mesh(config, mesh)
+
+    # 1. Shapes: the teacher's config.json, the objective against both shapes, the optimizer.
+    shape_only = models.EncoderConfig.from_hf_dict(teacher_hf, source=teacher_source)
+    if config.data.seq_len > shape_only.max_seq_len:
+        raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the teacher's position "
+                         f"table ({shape_only.max_seq_len} tokens)")
+    student_kwargs = dict(
+        num_layers=config.student.num_layers, hidden_size=config.student.hidden_size,
+        num_heads=config.student.num_heads, intermediate_size=config.student.intermediate_size)
+    objective = build_objective(config.objective, ml_collections.ConfigDict(student_kwargs), shape_only)
+    if objective.needs_teacher_mlm_head and teacher_dir is not None and not models.has_mlm_head(teacher_dir):
+        raise ValueError(
+            f"config.teacher.name={config.teacher.name!r} has no MLM head, which objective.od needs; fit one on the "
+            f"frozen teacher with `python main.py --config=configs/fit_mlm_head.py --config.teacher.name="
+            f"{config.teacher.name} --workdir=DIR`, then pass --config.teacher.name=DIR/export")
+    tx, lr_schedule = optim.make_optimizer(config.optim, config.total_steps)
+    teacher_cfg = teacher_encoder_config(config, teacher_hf, source=teacher_source,
+                                         with_mlm_head=objective.needs_teacher_mlm_head)
+    repl = sharding.replicated(mesh)
+
+    # 2. Teacher: frozen, cast once to its compute dtype, never checkpointed.
+    abstract_teacher = nnx.eval_shape(lambda: models.Encoder(teacher_cfg, rngs=nnx.Rngs(seed)))
+    teacher_shardings = param_shardings(abstract_teacher, mesh, rules)
+    teacher_graphdef, teacher_params = split_params(abstract_teacher)
+    teacher_model = None
+    if abstract:
+        teacher_params = abstract_like(teacher_params, teacher_shardings)
+    elif teacher_dir is not None:
+        teacher_model, loaded_cfg, _ = models.load_pretrained(
+            teacher_dir, dtype=teacher_cfg.dtype, param_dtype=teacher_cfg.param_dtype,
+            with_mlm_head=teacher_cfg.with_mlm_head, shardings=teacher_shardings)
+        if loaded_cfg != teacher_cfg:  # one config.json read twice: cannot differ
+            raise ValueError(f"{teacher_dir}: the loaded teacher's config differs from config.json")
+        teacher_graphdef, teacher_params = split_params(teacher_model)
+    else:
+        teacher_params = jax.jit(
+            lambda: split_params(models.Encoder(teacher_cfg, rngs=nnx.Rngs(seed)))[1],
+            out_shardings=teacher_shardings)()
+
+    # 3. Student (random init under jit with out_shardings, or copied teacher layers).
+    student_overrides = dict(
+        init=config.student.init,
+        teacher_layers=list(config.student.teacher_layers) if config.student.teacher_layers else None,
+        dtype=config.student.dtype, param_dtype=config.student.param_dtype,
+        with_mlm_head=objective.needs_mlm_head,
+        hidden_dropout=float(config.student.hidden_dropout),
+        attention_dropout=float(config.student.attention_dropout),
+        remat=bool(config.student.remat))
+    if config.student.init == "teacher":
+        # The copy itself needs real teacher weights; for shapes, a random-init student is the same.
+        copy_from = None if abstract else _float32_teacher(
+            models, teacher_model, teacher_dir, teacher_cfg, teacher_params, teacher_graphdef)
+    else:
+        copy_from = None
+
+    def make_student():
+        # Vocabulary, positions, family, activation come from the teacher's config; sizes, dtypes,
+        # dropout, remat and the MLM head from config.student / the objective.
+        overrides = dict(student_overrides)
+        if copy_from is None:
+            overrides["init"], overrides["teacher_layers"] = "random", None
+        return models.make_student(teacher_cfg, **student_kwargs, **overrides,
+                                   teacher_model=copy_from, rngs=nnx.Rngs(seed))
+
+    abstract_student = nnx.eval_shape(make_student)
+    student_shardings = param_shardings(abstract_student, mesh, rules)
+    student_graphdef, student_params = split_params(abstract_student)
+    if abstract:
+        student_params = abstract_like(student_params, student_shardings)
+    elif copy_from is None:
+        student_params = jax.jit(lambda: split_params(make_student())[1],
+                                 out_shardings=student_shardings)()
+    else:
+        student_params = jax.device_put(split_params(make_student())[1], student_shardings)
+    student_cfg = abstract_student.cfg
+
+    # 4. Objective aux params (replicated) and the optimizer state (sharded like its params).
+    params_shardings = {"student": student_shardings,
+                        "aux": jax.tree.map(lambda _: repl,
+                                            jax.eval_shape(objective.init_params, jax.random.key(0)))}
+    aux_key = jax.random.fold_in(jax.random.key(seed), 1)
+    if abstract:
+        aux = abstract_like(jax.eval_shape(objective.init_params, aux_key), params_shardings["aux"])
+    else:
+        aux = jax.device_put(objective.init_params(aux_key), repl)
+    params = {"student": student_params, "aux": aux}
+    abstract_opt = jax.eval_shape(tx.init, params)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, params_shardings,
+        transform_non_params=lambda _: repl, is_leaf=lambda x: isinstance(x, NamedSharding))
+    state_shardings = {"step": repl, "params": params_shardings, "opt_state": opt_shardings}
+    if abstract:
+        state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=repl), "params": params,
+                 "opt_state": abstract_like(abstract_opt, opt_shardings)}
+    else:
+        state = {"step": jax.device_put(jnp.zeros((), jnp.int32), repl), "params": params,
+                 "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params)}
+
+    # 5. The step, jitted with the shardings; the state is donated (updated in place).
+    train_step = step_lib.make_train_step(
+        student_graphdef=student_graphdef, teacher_graphdef=teacher_graphdef, objective=objective,
+        tx=tx, lr_schedule=lr_schedule, microbatches=config.microbatches, seed=seed,
+        output_attentions=objective.needs_attentions,
+        student_has_mlm_head=objective.needs_mlm_head,
+        teacher_has_mlm_head=objective.needs_teacher_mlm_head)
+    jitted = jax.jit(train_step,
+                     in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh, 1)),
+                     out_shardings=(state_shardings, repl), donate_argnums=(0,))
+    return TrainSetup(config=config, mesh=mesh, rules=rules, abstract=abstract,
+                      teacher_cfg=teacher_cfg, student_cfg=student_cfg, objective=objective, tx=tx,
+                      lr_schedule=lr_schedule, teacher_graphdef=teacher_graphdef,
+                      student_graphdef=student_graphdef, teacher_params=teacher_params,
+                      teacher_shardings=teacher_shardings, state=state,
+                      state_shardings=state_shardings, train_step=train_step, jitted=jitted,
+                      teacher_model=teacher_model)
+
+
+def _float32_teacher(models, teacher_model, teacher_dir, teacher_cfg, teacher_params, teacher_graphdef):
+    """The teacher in float32 for init='teacher' (the bf16 teacher is for forwards only)."""
+    if teacher_cfg.param_dtype == "float32":
+        return teacher_model if teacher_model is not None else nnx.merge(teacher_graphdef, teacher_params)
+    if teacher_dir is None:
+        raise ValueError("config.student.init='teacher' needs the teacher's weights "
+                         "(config.teacher.name=<a directory with model.safetensors>)")
+    model, _, _ = models.load_pretrained(teacher_dir, dtype="float32", param_dtype="float32")
+    return model
+
+
+def objective_flops(config, objective, teacher_cfg, student_cfg) -> float | None:
+    """Matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective), from flops.py; None
+    when an objective term has no FLOPs model (the report then leaves MFU out)."""
+    from distill_jax import flops
+
+    names = {"od": "od", "hs": "hs", "minilmv2": "minilmv2", "minilm": "minilm",
+             "direct_minilm": "direct_minilm", "tinybert_attention": "tinybert_attn"}
+    cfg = objective.config
+    terms = [names[t] for t in cfg if t in names]
+    if not terms:  # only the hard-label "mlm" term: the student forward/backward + head
+        terms = ["od"]
+    kwargs: dict[str, Any] = {}
+    mha = next((cfg[t] for t in ("minilmv2", "minilm", "direct_minilm") if t in cfg), None)
+    if mha is not None:
+        kwargs["teacher_layer"] = mha["teacher_layer"]
+        kwargs["student_layer"] = mha["student_layer"]
+        kwargs["num_relations"] = 3 if "minilmv2" in cfg else 1
+    pairs = (cfg.get("hs") or cfg.get("tinybert_attention") or {}).get("pairs")
+    if pairs is not None:
+        kwargs["hs_pairs"] = [(s, list(t) if isinstance(t, (list, tuple)) else [t]) for s, t in pairs]
+    if "od" in terms:
+        positions = config.data.seq_len if cfg.get("od", {}).get("positions") == "all" else \
+            config.data.mlm.max_predictions
+        kwargs["mlm_positions"] = int(positions)
+    try:
+        return float(flops.distill_step_flops(teacher_cfg, student_cfg, config.batch_size,
+                                              config.data.seq_len, terms=terms, **kwargs).total)
+    except ValueError:
+        return None
+
+
+def memory_bytes(compiled) -> dict[str, int] | None:
+    """Per-device bytes of a compiled step from XLA's memory_analysis() (None when the backend
+    reports none): arguments, outputs, temporaries, aliased (donated state reuses its input
+    buffers) and total = arguments + outputs + temporaries - aliased."""
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if mem is None:
+        return None
+    out = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
+           "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes),
+           "generated_code": int(mem.generated_code_size_in_bytes)}
+    out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+    return out
+
+
+def tree_bytes_per_device(tree: Any, shardings: Any) -> int:
+    """Bytes one device holds of `tree` (arrays or ShapeDtypeStructs) under `shardings`: each
+    array's shard shape times its item size (replicated arrays count whole on every device)."""
+    total = 0
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(
+            shardings, is_leaf=lambda v: isinstance(v, jax.sharding.Sharding))):
+        shard = s.shard_shape(tuple(x.shape))
+        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+    return int(total)

@@ -1,0 +1,226 @@
+"""The TPU plan (python -m distill_jax.plan): Cloud TPU names map to libtpu topologies as MaxText
+maps them, a tiny recipe compiles for a real v5e topology through libtpu from a config.json alone,
+the collectives it reports carry the gradient bytes, a step too big for HBM is reported as not
+fitting with XLA's numbers, --search finds the microbatch count that fits, and bad input is one
+line. (The plan on fake CPU devices against train.py's own compiled step: tests/test_train.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import common
+from distill_jax import plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _libtpu():
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        pytest.skip('libtpu is not installed (pip install "libtpu==0.0.42.*")')
+
+
+@pytest.fixture(scope="module")
+def shapes_only_teacher(tmp_path_factory) -> Path:
+    """A teacher that is nothing but a config.json (no weights, no tokenizer): all a plan needs."""
+    out = tmp_path_factory.mktemp("shapes_only_teacher")
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64}))
+    return out
+
+
+def tiny_recipe(teacher: Path, batch_size: int = 8):
+    c = common.base_config()
+    c.teacher.name = str(teacher)
+    c.student.num_layers, c.student.hidden_size = 1, 16
+    c.student.num_heads, c.student.intermediate_size = 2, 32
+    c.objective.minilmv2 = dict(weight=1.0, relation_heads=4)
+    c.data.seq_len = 64
+    c.batch_size = batch_size
+    return c
+
+
+@pytest.mark.parametrize("name, libtpu_name, chips", [
+    ("v4-8", "v4:2x2x1", 4), ("v4-32", "v4:2x2x4", 16), ("v4-128", "v4:4x4x4", 64),
+    ("v4-4096", "v4:8x16x16", 2048), ("v5p-128", "v5:4x4x4", 64), ("v5p-1024", "v5:8x8x8", 512),
+    ("v5e-1", "v5e:1x1", 1), ("v5e-16", "v5e:4x4", 16), ("v5e-128", "v5e:8x16", 128),
+    ("v5e-256", "v5e:16x16", 256), ("v5litepod-8", "v5e:2x4", 8), ("v6e-64", "v6e:8x8", 64),
+])
+def test_cloud_tpu_names_map_to_libtpu_topologies_as_maxtext(name, libtpu_name, chips):
+    # Reference: MaxText's accelerator_to_spec_map.py (v4/v5p names count TensorCores, 2 per chip).
+    topo = plan.parse_topology(name)
+    assert (topo.libtpu_name, topo.chips, topo.platform) == (libtpu_name, chips, "tpu")
+    assert topo.megacore == name.startswith(("v4", "v5p"))
+
+
+def test_libtpu_and_cpu_names_pass_through():
+    assert plan.parse_topology("v5e:2x2").chips == 4
+    assert plan.parse_topology("v5:2x2x2").generation == "v5p"
+    assert plan.parse_topology("cpu:8") == plan.Topology(name="cpu:8", platform="cpu", chips=8)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v5e-12", r"--topology='v5e-12': v5e slices come in sizes 1, 4, 8"),
+    ("v4-6", r"--topology='v4-6': v4 slices come in sizes 8, 16"),
+    ("tpu-v9-8", r"--topology='tpu-v9-8' unknown: use a Cloud TPU name"),
+])
+def test_unknown_topologies_are_one_line(name, message):
+    with pytest.raises(ValueError, match=message) as info:
+        plan.parse_topology(name)
+    assert "\n" not in str(info.value)
+
+
+def test_tiny_recipe_on_v5e_4_from_config_json_alone(shapes_only_teacher):
+    _libtpu()
+    result = plan.plan_config(tiny_recipe(shapes_only_teacher), plan.parse_topology("v5e-4"))
+    assert result["fits"] is True and result["chips"] == 4
+    assert result["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and result["rows_per_chip"] == 2
+    # v5e: 16 GB of HBM per chip (Cloud TPU datasheet), of which XLA lets a program use 15.75 GiB.
+    assert result["hbm_bytes"] == 17_200_000_000
+    assert result["hbm_usable_bytes"] == pytest.approx(15.75 * 2**30, rel=1e-3)
+    per_chip = result["per_chip"]
+    # Pure data parallelism: every chip holds the whole float32 student, counted from the shapes.
+    h, f, v, p = 16, 32, 512, 64
+    student_params = (v + p + 2) * h + 2 * h + (4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h) \
+        + (h * h + h)  # embeddings + LN, one layer, pooler
+    assert per_chip["student_params"] == 4 * student_params
+    assert per_chip["optimizer_state"] >= 2 * per_chip["student_params"]  # Adam's mu and nu
+    assert 0 < per_chip["total"] <= result["hbm_usable_bytes"]
+    assert result["headroom_bytes"] == result["hbm_usable_bytes"] - per_chip["total"]
+    # Data parallelism all-reduces the float32 gradients once per step, except those XLA knows are
+    # zero: MiniLMv2 reads only the last layer's Q/K/V, so its attention output, FFN and norms, and
+    # the pooler, get none. What is left moves, plus a few float32 scalars (the metrics).
+    unused = (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h + (h * h + h)
+    reduce = result["collectives"]["all-reduce"]
+    assert 4 * (student_params - unused) <= reduce["bytes_per_step"] <= 4 * (student_params - unused) + 64
+    assert result["flops_per_step"] > 0 and result["step_s_at_peak"] > 0
+
+
+def test_a_step_too_big_for_hbm_does_not_fit_and_search_finds_the_microbatches(shapes_only_teacher):
+    """131072 x 64 rows of a tiny MiniLMv2 step need ~25 GiB of temporaries per v5e chip; two
+    microbatches halve the activations that are live at once."""
+    _libtpu()
+    topo = plan.parse_topology("v5e-4")
+    devices = plan.topology_devices(topo)
+    config = tiny_recipe(shapes_only_teacher, batch_size=4 * 2**15)
+    hf, source = plan.teacher_config_json(config.teacher.name)
+    first = plan.plan_config(config, topo, devices, teacher_hf=hf, teacher_source=source)
+    assert first["fits"] is False
+    oom = first["out_of_memory"]
+    assert oom["usable_bytes"] == pytest.approx(15.75 * 2**30, rel=1e-3)
+    assert oom["required_bytes"] > oom["usable_bytes"]
+    assert plan.format_report(first).count("does not fit") == 1
+    found = plan.search(config, topo, devices, teacher_hf=hf, teacher_source=source, first=first,
+                        log=lambda _: None)
+    assert found["smallest_microbatches"] == 2
+    assert "--config.microbatches=2" in plan.format_search(found)
+
+
+def test_collectives_walk_while_bodies_and_count_async_pairs_once():
+    hlo = """HloModule m, entry_computation_layout={()->()}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%body (p: (s32[], f32[1024])) -> (s32[], f32[1024]) {
+  %p = (s32[], f32[1024]{0}) parameter(0)
+  %x = f32[1024]{0} get-tuple-element(%p), index=1
+  %ar = f32[1024]{0} all-reduce(%x), channel_id=7, replica_groups=[1,4]<=[4], to_apply=%add
+  ROOT %t = (s32[], f32[1024]{0}) tuple(%i, %ar)
+}
+
+%cond (p.1: (s32[], f32[1024])) -> pred[] {
+  %p.1 = (s32[], f32[1024]{0}) parameter(0)
+  ROOT %lt = pred[] constant(true)
+}
+
+ENTRY %main (w: bf16[256,64]) -> f32[1024] {
+  %w = bf16[256,64]{1,0} parameter(0)
+  %ags = (bf16[256,64]{1,0}, bf16[1024,64]{1,0}) all-gather-start(%w), channel_id=3, dimensions={0}
+  %agd = bf16[1024,64]{1,0} all-gather-done(%ags)
+  %init = (s32[], f32[1024]{0}) tuple(%c, %z)
+  %loop = (s32[], f32[1024]{0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"4"}}
+  ROOT %r = f32[1024]{0} get-tuple-element(%loop), index=1
+}
+"""
+    summary = plan.summarise_collectives(plan.collectives(hlo))
+    assert summary == {"all-gather": {"count": 1, "bytes_per_step": 1024 * 64 * 2},
+                       "all-reduce": {"count": 4, "bytes_per_step": 4 * 1024 * 4}}
+
+
+def test_out_of_memory_message_is_parsed():
+    text = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+            "temporaries (14.12G) exceeds available HBM (15.75G).")
+    oom = plan.parse_out_of_memory(text)
+    assert oom["required_bytes"] == int(14.12 * 2**30) and oom["usable_bytes"] == int(15.75 * 2**30)
+
+
+def test_shipped_teacher_shapes_are_the_hub_configs():
+    """bert-base-uncased's shapes are transformers' BertConfig defaults; the shipped files load as
+    EncoderConfigs of the published sizes."""
+    import transformers
+
+    from distill_jax.models import EncoderConfig
+    from distill_jax.models.hf_io import known_hub_config
+
+    bert = known_hub_config("bert-base-uncased")
+    reference = transformers.BertConfig().to_dict()
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps"):
+        assert bert[key] == reference[key], key
+    sizes = {name: EncoderConfig.from_hf_dict(known_hub_config(name))
+             for name in ("bert-large-uncased", "roberta-base", "xlm-roberta-base", "xlm-roberta-large")}
+    assert (sizes["bert-large-uncased"].num_layers, sizes["bert-large-uncased"].hidden_size) == (24, 1024)
+    assert sizes["roberta-base"].vocab_size == 50265 and sizes["roberta-base"].max_seq_len == 512
+    assert sizes["xlm-roberta-base"].vocab_size == sizes["xlm-roberta-large"].vocab_size == 250002
+    assert known_hub_config("FacebookAI/xlm-roberta-base") == known_hub_config("xlm-roberta-base")
+    assert known_hub_config("someone/bert-base-uncased") is None
+
+
+def _cli(*args, timeout=120):
+    env = {**os.environ, "TPU_WORKER_HOSTNAMES": "localhost", "PYTHONPATH": str(REPO),
+           "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "distill_jax.plan", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--topology=v5e-12"], "--topology='v5e-12': v5e slices come in sizes"),
+    (["--topology=cpu:4", "--config.mesh.data=3"], "mesh data*fsdp*tensor = 3*1*1 = 3 but 4 devices"),
+    (["--topology=cpu:4", "--config.batch_size=6"], "config.batch_size=6 / config.microbatches=1 = 6 rows"),
+])
+def test_cli_errors_are_one_line(args, message):
+    proc = _cli("--config=configs/quickstart.py", *args)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_cli_plans_the_quickstart_on_fake_cpu_devices(tmp_path):
+    out = tmp_path / "plan.json"
+    proc = _cli("--config=configs/quickstart.py", "--topology=cpu:4", f"--json={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["chips"] == 4 and result["fits"] is None  # no HBM verdict for CPU devices
+    assert "per chip:" in proc.stdout and "analytic FLOPs per step" in proc.stdout
+    # On CPU the arguments are exactly the shards the plan counts (TPU layouts pad them), less the
+    # inputs jit drops because the step never reads them: MiniLMv2 on the teacher's last layer
+    # reads its Q/K/V only, so that layer's attention output, FFN and norms and the pooler go
+    # (all-MiniLM-L6-v2: width 384, FFN 1536, float32).
+    parts = result["per_chip"]
+    held = sum(parts[k] for k in ("student_params", "aux_params", "teacher_params",
+                                  "optimizer_state", "batch")) + 4  # + the int32 step
+    d, f = 384, 1536
+    unread = 4 * ((d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d + (d * d + d))
+    assert result["memory"]["arguments"] == held - unread
+    assert np.isfinite(result["flops_per_step"])
