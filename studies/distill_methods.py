@@ -27,6 +27,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -107,8 +108,7 @@ def check_study(config) -> dict:
     from distill_jax.evaluate import data as glue_data
     from distill_jax.evaluate.tasks import get_task
     from distill_jax.losses import build_objective
-    from distill_jax.models.hf_io import read_hf_config
-    from pathlib import Path
+    from distill_jax.models.hf_io import known_hub_config, read_hf_config
 
     known = (*REFERENCES, *config.method_objectives.keys())
     for field, names in (("methods", list(config.methods)), ("only", _split(config.only))):
@@ -117,10 +117,15 @@ def check_study(config) -> dict:
                 raise ValueError(f"config.{field}: unknown method {name!r}; known: {', '.join(known)}")
     try:
         teacher_dir = str(models.resolve_model_dir(config.teacher_name))
+        teacher_hf, source = read_hf_config(Path(teacher_dir)), f"{teacher_dir}/config.json"
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"config.teacher_name={config.teacher_name!r}: {exc}") from None
-    teacher_shape = models.EncoderConfig.from_hf_dict(read_hf_config(Path(teacher_dir)),
-                                                      source=f"{teacher_dir}/config.json")
+        # A dry run (the pod preset planned on a machine without the hub) needs shapes only.
+        teacher_dir, teacher_hf = None, known_hub_config(config.teacher_name) if config.dry_run else None
+        if teacher_hf is None:
+            raise FileNotFoundError(f"config.teacher_name={config.teacher_name!r}: {exc}") from None
+        source = f"the shipped shapes of {config.teacher_name}"
+        log(f"dry run: {config.teacher_name} is not reachable here; checking against {source}")
+    teacher_shape = models.EncoderConfig.from_hf_dict(teacher_hf, source=source)
     s = config.distill.student
     student_dims = ml_collections.ConfigDict(dict(num_layers=s.num_layers, hidden_size=s.hidden_size,
                                                   num_heads=s.num_heads, intermediate_size=s.intermediate_size))
@@ -132,7 +137,7 @@ def check_study(config) -> dict:
             build_objective(config.method_objectives[method], student_dims, teacher_shape)
         except ValueError as exc:
             raise ValueError(f"config.method_objectives.{method}: {exc}") from None
-        if _needs_teacher_head(config, method) and not models.has_mlm_head(teacher_dir):
+        if _needs_teacher_head(config, method) and teacher_dir and not models.has_mlm_head(teacher_dir):
             if not config.fit_head.get("enabled", False):
                 raise ValueError(
                     f"config.methods: {method} needs the teacher's MLM head and {config.teacher_name} has none; "
@@ -142,7 +147,7 @@ def check_study(config) -> dict:
     glue = config.glue
     for task in _split(glue.tasks):
         spec = get_task(task)
-        if glue.data.source == "tsv":
+        if glue.data.source == "tsv" and not config.dry_run:
             for split in ("train", *(name for name, _ in spec.dev_splits)):
                 glue_data.read_split(spec, split, glue.data)  # FileNotFoundError names the file
     if not list(glue.seeds) or not list(glue.learning_rates):
@@ -413,14 +418,19 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.report_only:
         return build_report(config, report_dir)
     facts = check_study(config)
-    tasks = _Tasks(config.glue)
+    tasks = _Tasks(config.glue) if not config.dry_run else None
     # config.only also sets the run order (the table keeps config.methods' order).
     methods = [m for m in _split(config.only) if m in config.methods] or list(config.methods)
     fingerprints = {m: _digest(method_identity(config, m, facts["fitted_head"])) for m in methods}
-    todo = {m: _missing_runs(config, m, fingerprints[m], records_dir, tasks) for m in methods}
-    total = sum(len(tasks.names) * len(config.glue.seeds) * len(config.glue.learning_rates) for _ in methods)
+    task_names = _split(config.glue.tasks)
+    if config.dry_run:  # no data is read: every run counts as to do
+        todo = {m: [(t, lr, s, "") for t in task_names for lr in config.glue.learning_rates for s in config.glue.seeds]
+                for m in methods}
+    else:
+        todo = {m: _missing_runs(config, m, fingerprints[m], records_dir, tasks) for m in methods}
+    total = sum(len(task_names) * len(config.glue.seeds) * len(config.glue.learning_rates) for _ in methods)
     progress = {"done": total - sum(len(v) for v in todo.values()), "total": total}
-    log(f"preset {config.preset}: {len(methods)} methods x {len(tasks.names)} tasks x "
+    log(f"preset {config.preset}: {len(methods)} methods x {len(task_names)} tasks x "
         f"{len(config.glue.seeds)} seeds x {len(config.glue.learning_rates)} lr; {progress['done']}/{total} "
         f"records already done; workdir {workdir}; records {records_dir}")
     if config.dry_run:
@@ -443,9 +453,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _print_plan(config, methods, todo, fingerprints) -> None:
     d = config.distill
     tokens = d.total_steps * d.batch_size * d.data.seq_len
+    amount = f"{tokens / 1e9:.1f} B" if tokens >= 1e9 else f"{tokens / 1e6:.2f} M"
     log(f"plan: teacher {config.teacher_name}; student {d.student.num_layers}x{d.student.hidden_size} "
         f"({d.student.num_heads} heads); {d.total_steps} steps x {d.batch_size} x {d.data.seq_len} = "
-        f"{tokens / 1e6:.2f} M tokens per method; data {d.data.source}")
+        f"{amount} tokens per method; data {d.data.source}")
     for method in methods:
         objective = ("fine-tune only" if method in REFERENCES
                      else json.dumps(config.method_objectives[method].to_dict(), sort_keys=True))

@@ -155,3 +155,17 @@ def test_bad_input_is_one_line_before_training(headless_teacher, tmp_path, chang
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_study(config, str(tmp_path / "work"))
     assert not (tmp_path / "work").exists() and not (tmp_path / "report").exists()
+
+
+def test_pod_preset_dry_run_plans_without_the_hub(tmp_path, capsys):
+    """The paper-scale preset checks every objective against bert-base-uncased's shipped shapes and
+    prints the plan, offline, training and writing nothing."""
+    from configs import study
+    from studies.distill_methods import run_study
+
+    payload = run_study(study.get_config("preset=pod,dry_run"), str(tmp_path / "pod"))
+    assert payload["plan"] == {m: 8 * 5 * 4 for m in study.get_config("preset=pod").methods}
+    log = capsys.readouterr().out
+    assert "400000 steps x 1024 x 512 = 209.7 B tokens per method" in log
+    assert '"map": "uniform_last"' in log and "bert-base-uncased" in log
+    assert not (tmp_path / "pod").exists()
