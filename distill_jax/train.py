@@ -337,10 +337,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
              "opt_state": opt_state}
     state_shardings = {"step": repl, "params": param_shardings, "opt_state": opt_shardings}
     if jax.process_index() == 0:
-        print(metrics_lib.parameter_overview(params["student"], max_lines=30), flush=True)
+        # The per-parameter table goes to a file (it is 30+ lines); the console gets the totals.
+        table = metrics_lib.parameter_overview(params["student"])
+        epath.Path(f"{workdir}/parameters.txt").write_text(table + "\n")
+        if config.get("print_parameters", False):
+            print(table, flush=True)
         log(f"trainable parameters: student {metrics_lib.count_parameters(params['student']):,}, "
             f"objective aux {metrics_lib.count_parameters(params['aux']):,}; teacher (frozen) "
-            f"{metrics_lib.count_parameters(teacher_params):,}")
+            f"{metrics_lib.count_parameters(teacher_params):,}; table in {workdir}/parameters.txt")
 
     # 5. Data: this host's rows of every global batch.
     from distill_jax import data as data_lib

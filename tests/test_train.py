@@ -159,6 +159,13 @@ def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
     terms = summary["final_step_metrics"]
     assert total == pytest.approx(terms["loss/minilmv2"] + 0.5 * terms["loss/hs"], rel=1e-5)
     assert summary["throughput"]["tokens_per_sec"] > 0 and summary["throughput"]["mfu"] > 0
+    # The per-parameter table is in a file (every student parameter, one row each), not on the console.
+    table = (workdir / "parameters.txt").read_text()
+    assert "| Name " in table and table.count("/kernel ") >= 2 * 4  # 2 layers x Q, K, V, O at least
+    total = int(table.split("Total: ")[1].split()[0].replace(",", ""))
+    from safetensors.numpy import load_file
+    exported = load_file(workdir / "export" / "model.safetensors")
+    assert total == sum(v.size for v in exported.values())  # the exported student, counted apart
     png = (workdir / "loss_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -237,6 +244,7 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
     output = "".join(lines) + rest
     assert proc.returncode == 0, output[-3000:]
     assert "SIGTERM" in output and "rerun the same command to resume" in output, output[-3000:]
+    assert "| Name " not in output and "table in " in output  # totals only; the table is a file
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and 1 <= saved[-1] < TOTAL_STEPS, (saved, output[-2000:])
     assert not (workdir / "export").exists()  # a preempted run does not export
