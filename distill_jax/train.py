@@ -409,7 +409,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     throughput = metrics_lib.Throughput(total_steps=config.total_steps, tokens_per_step=tokens_per_step,
                                         flops_per_step=flops_per_step, peak_flops=peak,
                                         start_step=start_step)
-    history: list[dict] = _load_history(workdir) if restored is not None else []
+    # The curve up to the restored step (newer rows belong to a checkpoint that was moved aside).
+    history: list[dict] = ([row for row in _load_history(workdir) if row["step"] <= start_step]
+                           if restored is not None else [])
     pending: list[dict] = []        # device metrics of the steps since the last log
     last_metrics: dict | None = None
     stop_after = int(config.get("stop_after_step", 0))

@@ -261,6 +261,42 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
 
 
 @pytest.mark.slow
+def test_a_truncated_newest_checkpoint_resumes_from_the_older_one(run_8dev, tiny_teacher, data_cache,
+                                                                  tmp_path, compilation_cache):
+    """The reference run's checkpoints (steps 4 and 6) with step 6's largest array file cut to a
+    third, as a failed copy leaves it: rerunning warns once naming step 6 and the cause, keeps it
+    aside, resumes from step 4 and logs the reference run's losses at steps 5 and 6."""
+    config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
+    workdir = tmp_path / "damaged"
+    shutil.copytree(Path(run_8dev.summary["workdir"]) / "checkpoints", workdir / "checkpoints")
+    data_file = max((workdir / "checkpoints" / "6" / "state" / "d").iterdir(), key=lambda p: p.stat().st_size)
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
+    config_file = write_config_file(tmp_path / "tiny_damaged.py", config)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), f"--config={config_file}", f"--workdir={workdir}"],
+        cwd=REPO, env=subprocess_env(8), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "unreadable" in line]
+    assert len(ours) == 1, ours
+    assert ours[0].startswith(f"[distill] warning: checkpoint step 6 in {workdir}/checkpoints is unreadable")
+    assert "is not valid for value of size" in ours[0] and "trying step 4" in ours[0]
+    assert "Traceback" not in proc.stderr and "Task exception" not in proc.stderr, proc.stderr[-3000:]
+    assert "resumed from checkpoint step 4" in proc.stdout
+    (aside,) = (workdir / "checkpoints").glob("corrupt-6-*")
+    assert (aside / "state" / "d" / data_file.name).is_file()
+
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"]["resumed_from"] == 4 and summary["steps"]["final"] == TOTAL_STEPS
+    reference, resumed = logged_losses(run_8dev), {row["step"]: row["loss"] for row in _history(str(workdir))}
+    assert sorted(resumed) == list(range(1, TOTAL_STEPS + 1))
+    for step in (5, 6):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
+    for key in ("loss", "loss/hs", "grad_norm"):
+        assert summary["final_step_metrics"][key] == pytest.approx(run_8dev.final_metrics[key], rel=1e-5)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
+
+
+@pytest.mark.slow
 def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teacher, data_cache, tmp_path,
                                                           compilation_cache):
     from distill_jax.train import train_and_evaluate
