@@ -143,6 +143,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def latest_complete_step(self) -> int | None:
+        return latest_complete_step(self.directory)
+
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
@@ -239,6 +242,15 @@ class Checkpointer:
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def latest_complete_step(directory: str) -> int | None:
+    """Newest finalized step on disk, read afresh (no collective: safe with a peer gone)."""
+    try:
+        steps = ocp.path.step.checkpoint_steps(_local_path(directory))
+    except Exception:  # noqa: BLE001 - only used to word a message; never fail there
+        return None
+    return max(steps) if steps else None
 
 
 def _path_key(path) -> str:

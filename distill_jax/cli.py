@@ -174,13 +174,18 @@ def main(argv):
         raise app.UsageError(f"config.mode={mode!r}: use one of {', '.join(map(repr, MODES))}")
     module, _, function = MODES[mode].partition(":")
     getattr(importlib.import_module(module), function)(config, FLAGS.workdir)
+    distributed.finished()  # peers no longer expect signs of life from this process
 
 
 def run(argv: list[str] | None = None) -> None:
     """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
     missing teacher, NaN); DISTILL_JAX_TRACEBACK=1 shows the full traceback instead."""
+    from distill_jax.distributed import PeerLost, exit_peer_lost
+
     try:
         app.run(main, argv=argv if argv is not None else sys.argv, flags_parser=_parse_flags)
+    except PeerLost as exc:
+        exit_peer_lost(exc)  # one line, exit 75, no jax.distributed shutdown (it would abort)
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:
         if os.environ.get("DISTILL_JAX_TRACEBACK"):
             raise

@@ -359,6 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     checkpointer = ckpt_lib.Checkpointer(
         f"{workdir}/checkpoints", max_to_keep=config.keep_checkpoints,
         async_save=config.get("async_checkpoints", True))
+    from distill_jax import distributed
+    distributed.note_checkpoint_dir(checkpointer.directory)  # named when a peer process is lost
     restored = checkpointer.restore_latest(_abstract(state, state_shardings))
     elapsed_before = 0.0
     if restored is not None:
@@ -425,6 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                           {"seed": seed, "elapsed_s": elapsed_before + time.time() - loop_start})
         _save_history(workdir, history)
 
+    peer_lost = None
     try:
         while step < config.total_steps:
             if batch is None:
@@ -432,6 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             state, step_metrics = compiled(state, teacher_params, batch)
             batch = None
             step += 1
+            distributed.note_step(step)
             pending.append(step_metrics)
 
             log_now = step % config.log_every == 0 or step == config.total_steps or step == start_step + 1
@@ -466,11 +470,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                     log(f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'stop_after_step'})"
                         f"; checkpoint saved, rerun the same command to resume")
                 break
+    except Exception as exc:
+        if not distributed.is_peer_failure(exc):
+            raise
+        # A peer process is gone: nothing collective can finish (an async save in flight stays
+        # unfinalized, so orbax ignores it); name the newest complete checkpoint and stop.
+        peer_lost = distributed.PeerLost(step, checkpointer.latest_complete_step(), exc)
+        raise peer_lost from exc
     finally:
         preemption.close()
-        checkpointer.wait()
-        writer.flush()
-        writer.close()
+        if peer_lost is None:  # waiting would block on the dead peer
+            checkpointer.wait()
+            writer.flush()
+            writer.close()
 
     train_s = time.time() - loop_start
     checkpointer.close()
