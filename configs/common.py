@@ -110,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.async_checkpoints = True    # write in the background; awaited before exit
     c.stop_after_step = 0         # >0: stop there as if preempted (save, exit); 0 = off
     c.export = True               # write workdir/export (HF format) at the end
+    c.print_parameters = False    # also print the per-parameter table (always in workdir/parameters.txt)
     # JAX persistent compilation cache (a local dir or gs://...): a restarted or resumed job loads
     # its compiled step instead of compiling again. '' = off.
     c.compilation_cache_dir = ""

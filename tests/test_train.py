@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -159,6 +160,13 @@ def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
     terms = summary["final_step_metrics"]
     assert total == pytest.approx(terms["loss/minilmv2"] + 0.5 * terms["loss/hs"], rel=1e-5)
     assert summary["throughput"]["tokens_per_sec"] > 0 and summary["throughput"]["mfu"] > 0
+    # The per-parameter table is in a file (every student parameter, one row each), not on the console.
+    table = (workdir / "parameters.txt").read_text()
+    assert "| Name " in table and table.count("/kernel ") >= 2 * 4  # 2 layers x Q, K, V, O at least
+    total = int(table.split("Total: ")[1].split()[0].replace(",", ""))
+    from safetensors.numpy import load_file
+    exported = load_file(workdir / "export" / "model.safetensors")
+    assert total == sum(v.size for v in exported.values())  # the exported student, counted apart
     png = (workdir / "loss_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -254,6 +262,7 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
     output = "".join(lines) + rest
     assert proc.returncode == 0, output[-3000:]
     assert "SIGTERM" in output and "rerun the same command to resume" in output, output[-3000:]
+    assert "| Name " not in output and "table in " in output  # totals only; the table is a file
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and 1 <= saved[-1] < TOTAL_STEPS, (saved, output[-2000:])
     assert not (workdir / "export").exists()  # a preempted run does not export
@@ -267,6 +276,42 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
     assert sorted(new_losses) == list(range(1, TOTAL_STEPS + 1))  # the curve survives restarts
     for step in range(1, TOTAL_STEPS + 1):
         assert new_losses[step] == pytest.approx(ref_losses[step], rel=1e-5), step
+
+
+@pytest.mark.slow
+def test_a_truncated_newest_checkpoint_resumes_from_the_older_one(run_8dev, tiny_teacher, data_cache,
+                                                                  tmp_path, compilation_cache):
+    """The reference run's checkpoints (steps 4 and 6) with step 6's largest array file cut to a
+    third, as a failed copy leaves it: rerunning warns once naming step 6 and the cause, keeps it
+    aside, resumes from step 4 and logs the reference run's losses at steps 5 and 6."""
+    config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
+    workdir = tmp_path / "damaged"
+    shutil.copytree(Path(run_8dev.summary["workdir"]) / "checkpoints", workdir / "checkpoints")
+    data_file = max((workdir / "checkpoints" / "6" / "state" / "d").iterdir(), key=lambda p: p.stat().st_size)
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
+    config_file = write_config_file(tmp_path / "tiny_damaged.py", config)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), f"--config={config_file}", f"--workdir={workdir}"],
+        cwd=REPO, env=subprocess_env(8), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "unreadable" in line]
+    assert len(ours) == 1, ours
+    assert ours[0].startswith(f"[distill] warning: checkpoint step 6 in {workdir}/checkpoints is unreadable")
+    assert "is not valid for value of size" in ours[0] and "trying step 4" in ours[0]
+    assert "Traceback" not in proc.stderr and "Task exception" not in proc.stderr, proc.stderr[-3000:]
+    assert "resumed from checkpoint step 4" in proc.stdout
+    (aside,) = (workdir / "checkpoints").glob("corrupt-6-*")
+    assert (aside / "state" / "d" / data_file.name).is_file()
+
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"]["resumed_from"] == 4 and summary["steps"]["final"] == TOTAL_STEPS
+    reference, resumed = logged_losses(run_8dev), {row["step"]: row["loss"] for row in _history(str(workdir))}
+    assert sorted(resumed) == list(range(1, TOTAL_STEPS + 1))
+    for step in (5, 6):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5), step
+    for key in ("loss", "loss/hs", "grad_norm"):
+        assert summary["final_step_metrics"][key] == pytest.approx(run_8dev.final_metrics[key], rel=1e-5)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
 
 
 @pytest.mark.slow
@@ -312,6 +357,94 @@ def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teache
         assert two_proc[step] == pytest.approx(reference[step], rel=2e-4), ("2 processes", step)
     # The loss moved: the runs are not trivially equal because nothing trained.
     assert abs(reference[TOTAL_STEPS] - reference[1]) > 1e-3
+
+
+def _start_two_processes(config_file: Path, workdir: Path) -> list[subprocess.Popen]:
+    """launch/local.sh's 2 x 4-device job on localhost (jax.distributed, gloo collectives)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), f"--config={config_file}", f"--workdir={workdir}",
+         "--distributed=on", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}"],
+        cwd=REPO, env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+
+
+DEAD_PEER_STEPS = 60          # long enough that the kill lands mid-run on a loaded machine
+DEAD_PEER_KILL_AFTER = 20     # kill -9 process 1 once checkpoint 20 is complete on disk
+# The survivor must be gone this soon after the loss: our peer watch's timeout (20 s) plus one beat
+# and the margin a loaded 2-core machine needs.
+DEAD_PEER_EXIT_BOUND_S = 20 + 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["kill", "freeze"])
+def test_a_lost_peer_ends_the_survivor_promptly_and_the_rerun_resumes(tiny_teacher, data_cache, tmp_path,
+                                                                     compilation_cache, how):
+    """Process 1 of a 2-process job is lost after checkpoint 20: kill -9 (its sockets close, so the
+    survivor's collective usually fails at once) or SIGSTOP (a frozen VM: the collective just waits,
+    and the coordination service's heartbeat timeout is what ends it). Either way process 0 ends
+    within the bound with one line naming the checkpoint to resume from, exit 75, no native crash
+    dump; after the kill, rerunning the same command resumes there and logs the losses of an
+    uninterrupted run."""
+    from distill_jax.train import train_and_evaluate
+
+    config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
+    config.total_steps = DEAD_PEER_STEPS
+    config.checkpoint_every = 10
+    config.keep_checkpoints = 10
+    config.export = False
+    config_file = write_config_file(tmp_path / "tiny_dead_peer.py", config)
+    workdir = tmp_path / "dead_peer"
+    procs = _start_two_processes(config_file, workdir)
+    try:
+        deadline = time.time() + 400
+        while not (workdir / "checkpoints" / str(DEAD_PEER_KILL_AFTER)).is_dir():  # finalized: renamed in
+            assert procs[0].poll() is None and time.time() < deadline, procs[0].communicate()[1][-3000:]
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        killed_at = time.time()
+        out, err = procs[0].communicate(timeout=300)
+        exit_s = time.time() - killed_at
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    print(f"process 0 ended {exit_s:.1f} s after the {how} of process 1")
+    assert procs[0].returncode == 75, err[-3000:]
+    assert exit_s < DEAD_PEER_EXIT_BOUND_S, exit_s
+    lost = [line for line in err.splitlines() if "a peer process was lost" in line]
+    assert len(lost) == 1, err[-3000:]
+    resume_step = int(lost[0].split("resumes from checkpoint ")[1])
+    assert resume_step >= DEAD_PEER_KILL_AFTER and f"at step " in lost[0]
+    for crash in ("Fatal Python error", "Check failure", "*** SIGABRT", "Traceback", "F0000"):
+        assert crash not in err, err[-3000:]
+    last_logged = max(int(m.group(1)) for m in map(re.compile(r"\[distill\] step (\d+)/").match,
+                                                   out.splitlines()) if m)
+    assert last_logged < DEAD_PEER_STEPS  # it did stop mid-run
+    if how == "freeze":
+        return  # the rerun is the same as after a kill
+
+    # Rerun the same command: resumes from the named checkpoint and finishes.
+    procs = _start_two_processes(config_file, workdir)
+    try:
+        outputs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, (o, e) in zip(procs, outputs):
+        assert proc.returncode == 0, e[-3000:]
+    assert f"resumed from checkpoint step {resume_step}" in outputs[0][0]
+    resumed = {row["step"]: row["loss"] for row in _history(str(workdir))}
+    assert sorted(resumed) == list(range(1, DEAD_PEER_STEPS + 1))
+
+    reference = logged_losses(train_and_evaluate(config, str(tmp_path / "uninterrupted")))
+    for step in range(1, DEAD_PEER_STEPS + 1):
+        assert resumed[step] == pytest.approx(reference[step], rel=2e-4), step
+    assert abs(reference[DEAD_PEER_STEPS] - reference[resume_step]) > 1e-3  # it kept training
 
 
 def test_nan_stops_the_run_naming_the_step_and_the_term(tiny_teacher, data_cache, compilation_cache,

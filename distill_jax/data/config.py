@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 SOURCE_KINDS = ("builtin", "text", "wikiextractor", "hf", "tfds")
 DOC_SPLITS = ("blank_line", "file", "line")
@@ -24,15 +25,17 @@ def default_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.source = "builtin"          # 'builtin' | 'text' | 'wikiextractor' | 'hf' | 'tfds'
     # text / wikiextractor: files, directories (read recursively) or globs; a list or a
-    # comma-separated string. None until a config sets it (any type may replace None).
-    c.paths = None
+    # comma-separated string. A typed placeholder (None until set) rather than a bare None, so
+    # `--config.data.paths=/corpus/text` (or "['a', 'b']") overrides it from the command line.
+    c.paths = config_dict.placeholder(object)
     c.doc_split = "blank_line"    # text (and hf 'text'): 'blank_line' (paragraphs) | 'file' | 'line'
     # HF datasets: a hub dataset ('wikimedia/wikipedia'; datasets 5 has no script-based loaders)
     # or a builder for local files ('text', 'json', 'csv', 'parquet', 'arrow') with data_files.
     c.hf_name = ""
     c.hf_config = ""              # e.g. '20231101.en' for wikimedia/wikipedia; '' = none
     c.hf_split = "train"
-    c.hf_data_files = None        # str, list or dict of local files / globs for the file builders
+    # str, list or dict of local files / globs for the file builders (placeholder: as paths above).
+    c.hf_data_files = config_dict.placeholder(object)
     c.hf_text_field = "text"
     c.hf_streaming = False        # True: iterate without downloading the whole split first
     # tensorflow-datasets: a prepared builder (e.g. 'wikipedia/20230601.en', 'c4/en') in data_dir.

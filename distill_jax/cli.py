@@ -1,0 +1,195 @@
+"""The `distill-jax` command (`python main.py` is the same): flags, distributed start-up, dispatch.
+
+    distill-jax --config=configs/<recipe>.py[:arg] --workdir=<dir or gs://...> [--config.<field>=...]
+
+Any config field can be overridden, e.g. `--config.total_steps=1000 --config.teacher.name=/ckpt`
+or `--config.data.source=wikiextractor --config.data.paths=/corpus/text`. A field that does not exist
+is refused in one line with the closest real field ("did you mean student.num_layers?").
+
+Recipes: `--config` takes a file path; a path that does not exist here is looked up by its file name
+among the recipes shipped inside the installed package (`distill_jax/configs`, the repository's
+`configs/`), so `distill-jax --config=quickstart --workdir=...` works without a checkout.
+
+Multi-process start-up (TPU pod, SLURM, localhost rehearsals): distill_jax/distributed.py.
+The run is `config.mode` -> MODES[mode] ("module:function", called as function(config, workdir)).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging as py_logging
+import os
+import sys
+from pathlib import Path
+
+# Before TensorFlow (clu's writer) and transformers are imported anywhere.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow talks a lot at import
+
+
+class _DropTorchNotFound(py_logging.Filter):
+    """transformers warns "PyTorch was not found. Models won't be available ..." at import when torch
+    is absent, which is the normal case here (we use its tokenizers and configs only)."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("PyTorch was not found")
+
+
+# On the logger itself (not a handler): transformers adds its handlers at import, the filter stays.
+py_logging.getLogger("transformers").addFilter(_DropTorchNotFound())
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+# config.mode -> "module:function"; the function is called as function(config, workdir).
+MODES = {
+    "distill": "distill_jax.train:train_and_evaluate",
+    "glue": "distill_jax.evaluate:run_from_config",
+    "fit_mlm_head": "distill_jax.mlm_head:fit_mlm_head",
+    "study": "studies.distill_methods:run_study",   # repository-level (a checkout), not in the wheel
+}
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # present in an installed wheel
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py[:arg].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, export and summary go here.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "jax.distributed.initialize(): auto = when the environment is multi-process.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (else from the environment).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (else from the environment).")
+flags.DEFINE_integer("process_id", None, "This process's id (else from the environment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+# ----------------------------------------------------------------------------------------------
+# --config: find the recipe file, make `from configs import common` work for it
+# ----------------------------------------------------------------------------------------------
+
+def resolve_config_file(spec: str) -> str:
+    """`path[:arg]` -> the same spec, or the packaged recipe of that file name when `path` is not a
+    file here. Also makes the recipe's `configs` package importable (recipes import configs.common)."""
+    path, sep, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        name = file.name if file.suffix == ".py" else f"{file.name}.py"
+        if (PACKAGED_CONFIGS / name).is_file():
+            file = PACKAGED_CONFIGS / name
+    if file.is_file():
+        _make_configs_importable(file.resolve().parent)
+        spec = f"{file}{sep}{arg}"
+    return spec
+
+
+def _make_configs_importable(directory: Path) -> None:
+    if directory == PACKAGED_CONFIGS:
+        # The installed recipes are distill_jax.configs; they import themselves as `configs`.
+        sys.modules.setdefault("configs", importlib.import_module("distill_jax.configs"))
+    elif directory.name == "configs" and (directory / "__init__.py").is_file():
+        root = str(directory.parent)  # a checkout: the repository root, as `python main.py` has it
+        if root not in sys.path:
+            sys.path.insert(0, root)
+
+
+def _with_resolved_config(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        for prefix in ("--config=", "-config="):
+            if arg.startswith(prefix):
+                out[i] = prefix + resolve_config_file(arg[len(prefix):])
+        if arg in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = resolve_config_file(out[i + 1])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides of fields that do not exist: one line with the closest real field
+# ----------------------------------------------------------------------------------------------
+
+def config_field_paths(config) -> list[str]:
+    """Every dotted field path of a ConfigDict (nodes and leaves)."""
+    out = []
+    for key, value in config.items():
+        out.append(key)
+        if hasattr(value, "items") and hasattr(value, "to_dict"):
+            out.extend(f"{key}.{sub}" for sub in config_field_paths(value))
+    return out
+
+
+def unknown_override_message(argv: list[str]) -> str | None:
+    """The one-line message for the first `--config.<field>` that the config does not have."""
+    config_args = [a for a in argv[1:] if a.startswith(("--config=", "-config="))]
+    if not config_args:
+        return None
+    probe = flags.FlagValues()  # the config alone, without the overrides that failed
+    config_flags.DEFINE_config_file("config", None, "", flag_values=probe, lock_config=True,
+                                    sys_argv=[argv[0], config_args[-1]])
+    try:
+        probe([argv[0], config_args[-1]])
+        known = config_field_paths(probe.config)
+    except Exception:  # the file itself is broken: let the original error speak
+        return None
+    for arg in argv[1:]:
+        for prefix in ("--config.", "-config.", "--noconfig.", "-noconfig."):
+            if arg.startswith(prefix):
+                field = arg[len(prefix):].split("=", 1)[0]
+                if field not in known:
+                    close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
+                    hint = f"; did you mean {close[0]}?" if close else \
+                        "; the fields are listed by python -c 'print(<config>.get_config())'"
+                    return f"{arg.split('=', 1)[0]}: the config has no field {field}{hint}"
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    argv = _with_resolved_config(argv)
+    sys.argv = argv  # config_flags reads the overrides from sys.argv
+    try:
+        return FLAGS(argv)
+    except (KeyError, AttributeError):
+        message = unknown_override_message(argv)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from absl import logging
+
+    from distill_jax import distributed
+
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                           num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    config = FLAGS.config
+    mode = config.get("mode", "distill")
+    if mode not in MODES:
+        raise app.UsageError(f"config.mode={mode!r}: use one of {', '.join(map(repr, MODES))}")
+    module, _, function = MODES[mode].partition(":")
+    getattr(importlib.import_module(module), function)(config, FLAGS.workdir)
+    distributed.finished()  # peers no longer expect signs of life from this process
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
+    missing teacher, NaN); DISTILL_JAX_TRACEBACK=1 shows the full traceback instead."""
+    from distill_jax.distributed import PeerLost, exit_peer_lost
+
+    try:
+        app.run(main, argv=argv if argv is not None else sys.argv, flags_parser=_parse_flags)
+    except PeerLost as exc:
+        exit_peer_lost(exc)  # one line, exit 75, no jax.distributed shutdown (it would abort)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        if os.environ.get("DISTILL_JAX_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
