@@ -29,7 +29,12 @@ import ml_collections
 
 from configs import common
 from configs import glue as glue_config
-from studies.distill_methods import REFERENCES  # the reference rows' names (the driver owns their meaning)
+
+try:
+    from studies.distill_methods import REFERENCES  # the reference rows' names (the driver owns their meaning)
+except ImportError as exc:  # the wheel ships configs/ but not studies/
+    raise ImportError("configs/study.py runs from a checkout of the repository (studies/ is not part of the "
+                      "installed package)") from exc
 
 # Reference rows: 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student shape at a
 # random init drawn with the study's seed (BERT init, as the trainer draws a student's): no
