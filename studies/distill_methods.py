@@ -25,6 +25,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -236,6 +237,9 @@ def _fit_head(config, workdir: str, records_dir: str) -> str:
         "loss_curve": record.get("history", []),
         "cpu_s_all_segments": _ledger_sum(workdir, "mlm_head", "fit")["cpu_s"]}
     _write_json(os.path.join(records_dir, "mlm_head_fit.json"), _portable_record(summary))
+    curve = os.path.join(fit_dir, "loss_curves.png")
+    if os.path.isfile(curve):   # the fit's loss curve beside the table
+        shutil.copyfile(curve, os.path.join(os.path.dirname(records_dir), "mlm_head_fit.png"))
     return os.path.join(fit_dir, "export")
 
 

@@ -115,6 +115,7 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
         assert label in table, label
     for ext in ("json", "csv", "png"):
         assert (report_dir / f"study_results.{ext}").stat().st_size > 0
+    assert (report_dir / "mlm_head_fit.png").stat().st_size > 0
     assert len((report_dir / "study_results_runs.csv").read_text().splitlines()) == 1 + 8
     assert {s["row"] for s in payload["summaries"]} >= {"teacher (6x384, all-MiniLM-L6-v2)", "majority class"}
 
