@@ -37,7 +37,8 @@ OPTIM = dict(learning_rate=1e-4, warmup_steps=0, end_learning_rate=0.0, b1=0.9, 
 def objective_config(case: Case) -> dict:
     """The distill_jax.losses config of the case's objective (uniform_cons for HS, as the issue)."""
     if case.objective == "minilmv2":
-        return {"minilmv2": {"weight": 1.0, "relation_heads": case.relation_heads}}
+        block = {} if case.relation_block_size is None else {"block_size": case.relation_block_size}
+        return {"minilmv2": {"weight": 1.0, "relation_heads": case.relation_heads, **block}}
     if case.objective == "hs":
         return {"hs": {"weight": 1.0, "map": "uniform_cons", "loss": "mse"}}
     return {"od": {"weight": 1.0, "temperature": 1.0, "positions": "mlm"}}
