@@ -46,6 +46,8 @@ def parse_args(argv):
     p.add_argument("--teacher_dtype", default="", choices=("", "float32", "bfloat16"),
                    help="compute dtype of the frozen teacher (default: --dtype)")
     p.add_argument("--relation_heads", type=int, default=48, help="MiniLMv2 relation heads")
+    p.add_argument("--relation_block_size", default="",
+                   help="MiniLMv2 block_size (0 = dense relations; default: the objective's); comma list")
     p.add_argument("--vocab", type=int, default=30522, help="vocabulary of LxW random teachers")
     p.add_argument("--torch", default="eager,compile",
                    help="PyTorch variants: eager, compile, both comma-separated, or none")
@@ -90,15 +92,17 @@ def build_cases(args):
     import dataclasses
 
     cases = []
-    for objective, teacher, student, batch, seq_len in itertools.product(
+    for objective, teacher, student, batch, seq_len, block in itertools.product(
             _split(args.objective), _split(args.teacher), _split(args.student),
-            _split(args.batch, int), _split(args.seq_len, int)):
+            _split(args.batch, int), _split(args.seq_len, int),
+            _split(args.relation_block_size, int) or [None]):
         t_shape = None
         if teacher not in TEACHERS:
             t_shape = dataclasses.replace(student_shape(teacher), vocab_size=args.vocab)
         cases.append(make_case(objective, teacher, student, batch, seq_len, dtype=args.dtype,
                                teacher_dtype=args.teacher_dtype or None,
-                               relation_heads=args.relation_heads, teacher_shape=t_shape))
+                               relation_heads=args.relation_heads, teacher_shape=t_shape,
+                               relation_block_size=block))
     return cases
 
 

@@ -74,14 +74,16 @@ class Case:
     dtype: str = "float32"
     teacher_dtype: str = "float32"
     relation_heads: int = 48
+    relation_block_size: int | None = None  # MiniLMv2 block_size; None = the objective's default
     mlm_positions: int = 0
     teacher_dir: str | None = None
 
     @property
     def name(self) -> str:
         dtypes = self.dtype if self.teacher_dtype == self.dtype else f"{self.dtype}/T:{self.teacher_dtype}"
+        block = "" if self.relation_block_size is None else f" block{self.relation_block_size}"
         return (f"{self.objective} {self.teacher}->{self.student} b{self.batch_size} "
-                f"s{self.seq_len} {dtypes}")
+                f"s{self.seq_len} {dtypes}{block}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -111,7 +113,8 @@ class Case:
 
 def make_case(objective: str, teacher: str, student: str, batch_size: int, seq_len: int, *,
               dtype: str = "float32", teacher_dtype: str | None = None, relation_heads: int = 48,
-              mlm_fraction: float = 0.15, teacher_shape: Shape | None = None) -> Case:
+              mlm_fraction: float = 0.15, teacher_shape: Shape | None = None,
+              relation_block_size: int | None = None) -> Case:
     """Validates the flags and builds a Case (one-line ValueError naming the flag otherwise)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
@@ -139,7 +142,8 @@ def make_case(objective: str, teacher: str, student: str, batch_size: int, seq_l
     return Case(objective=objective, teacher=teacher, student=str(student), teacher_shape=t_shape,
                 student_shape=s_shape, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
                 teacher_dtype=teacher_dtype,
-                relation_heads=relation_heads, mlm_positions=mlm_positions, teacher_dir=teacher_dir)
+                relation_heads=relation_heads, relation_block_size=relation_block_size,
+                mlm_positions=mlm_positions, teacher_dir=teacher_dir)
 
 
 def synthetic_batch(case: Case, seed: int = 0):

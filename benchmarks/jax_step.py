@@ -24,7 +24,8 @@ from benchmarks.cases import Case
 def objective_config(case: Case) -> dict:
     """The distill_jax.losses config of the case's objective (uniform_cons for HS, as the issue)."""
     if case.objective == "minilmv2":
-        return {"minilmv2": {"weight": 1.0, "relation_heads": case.relation_heads}}
+        block = {} if case.relation_block_size is None else {"block_size": case.relation_block_size}
+        return {"minilmv2": {"weight": 1.0, "relation_heads": case.relation_heads, **block}}
     if case.objective == "hs":
         return {"hs": {"weight": 1.0, "map": "uniform_cons", "loss": "mse"}}
     return {"od": {"weight": 1.0, "temperature": 1.0, "positions": "mlm"}}

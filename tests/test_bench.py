@@ -97,3 +97,13 @@ def test_case_geometry():
     assert make_case("hs", "bert-base", "6x384", 2, 8).hs_pairs() == [
         (1, [1, 2]), (2, [3, 4]), (3, [5, 6]), (4, [7, 8]), (5, [9, 10]), (6, [11, 12])]
     assert make_case("hs", "bert-base", "3x384", 2, 8).hs_pairs()[0] == (1, [1, 2, 3, 4])
+
+
+def test_relation_block_sizes_run_one_case_each():
+    from benchmarks.__main__ import build_cases, parse_args
+    from benchmarks.jax_step import objective_config
+
+    cases = build_cases(parse_args(["--relation_block_size=0,128"]))
+    assert [objective_config(c)["minilmv2"]["block_size"] for c in cases] == [0, 128]
+    assert cases[0].name.endswith("block0")
+    assert "block_size" not in objective_config(build_cases(parse_args([]))[0])["minilmv2"]  # the default

@@ -58,6 +58,8 @@ def batch_of(rng, b, s, p):
     ({"minilmv2": {"weight": 1.0, "relation_heads": 4, "student_layer": -3}}, STUDENT, TEACHER, "student_layer=-3"),
     ({"minilmv2": {"weight": 1.0, "relation_heads": 8, "heads_per_chunk": 3}}, STUDENT, TEACHER,
      "objective.minilmv2.heads_per_chunk=3: must be 0 .*or a divisor of relation_heads=8"),
+    ({"minilmv2": {"weight": 1.0, "relation_heads": 8, "block_size": -1}}, STUDENT, TEACHER,
+     "objective.minilmv2.block_size=-1: must be an int >= 0"),
     ({"minilmv2": {"weight": 1.0, "relation_heads": 4, "qq": 0, "kk": 0, "vv": 0}}, STUDENT, TEACHER,
      "all of qq, kk, vv are 0"),
     ({"minilm": {"weight": 1.0}}, STUDENT, {**TEACHER, "num_heads": 4}, "objective.minilm .*equal head counts"),

@@ -10,6 +10,8 @@ padding mask ([B, S], 1 = real token) everywhere, and treats the teacher side as
   hs.py          hs_loss over a layer map, with learned projections when widths differ
   mha.py         relation_kl_loss, minilmv2_loss, minilm_loss, attention_kl_loss,
                  direct_minilm_loss, tinybert_attention_loss
+  relation_blocks.py  the relation KL in query/key blocks with a custom VJP (relation_kl_loss's
+                 default): memory O(S) instead of O(S^2)
   objective.py   build_objective(cfg, student_dims, teacher_dims): the weighted sum, from config
 """
 

@@ -34,7 +34,9 @@ absent, None, or has weight 0 is off; unknown terms or options are a ValueError)
     student_layer   int, default -1 (last)
     qq, kk, vv      relation weights, default 1.0 each
     heads_per_chunk int, default 0 (all relation heads at once); c > 0 computes c heads at a time
-                    (less memory for long sequences: [B, c, S, S] instead of [B, R, S, S]; same value)
+                    (c heads' relation blocks live instead of R heads'; same value)
+    block_size      int, default 128: blockwise relation KL over blocks of this many query rows and
+                    keys (memory grows with S, not S^2); 0 = the dense [B, R, S, S] relations
   minilm:         MiniLM v1: attention-distribution KL + value-relation KL (equal head counts)
     weight        float (required)
     teacher_layer, student_layer   int, default -1 (last)
@@ -104,7 +106,8 @@ TERM_OPTIONS: dict[str, dict[str, Any]] = {
     "hs": {"weight": _REQUIRED, "map": "uniform_cons", "embeddings": False, "loss": "mse",
            "projection": "per_layer", "one_to_many": "mean_target"},
     "minilmv2": {"weight": _REQUIRED, "relation_heads": 48, "teacher_layer": -1, "student_layer": -1,
-                 "qq": 1.0, "kk": 1.0, "vv": 1.0, "heads_per_chunk": 0},
+                 "qq": 1.0, "kk": 1.0, "vv": 1.0, "heads_per_chunk": 0,
+                 "block_size": mha.RELATION_BLOCK_SIZE},
     "minilm": {"weight": _REQUIRED, "teacher_layer": -1, "student_layer": -1, "attention": 1.0, "value": 1.0},
     "direct_minilm": {"weight": _REQUIRED, "teacher_layer": -1, "student_layer": -1,
                       "q": 1.0, "k": 1.0, "v": 1.0},
@@ -249,7 +252,8 @@ class Objective:
             c = self.config["minilmv2"]
             add("minilmv2", *mha.minilmv2_loss(
                 _qkv(student_out, c["student_layer"]), _qkv(teacher_out, c["teacher_layer"]), mask,
-                c["relation_heads"], (c["qq"], c["kk"], c["vv"]), heads_per_chunk=c["heads_per_chunk"]))
+                c["relation_heads"], (c["qq"], c["kk"], c["vv"]), heads_per_chunk=c["heads_per_chunk"],
+                block_size=c["block_size"]))
         if "minilm" in self.config:
             c = self.config["minilm"]
             s, t = c["student_layer"] - 1, c["teacher_layer"] - 1
@@ -377,6 +381,7 @@ def _validate_term(name: str, opts: dict, field: str, student: Dims, teacher: Di
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (c and opts["relation_heads"] % c):
             raise ValueError(f"{field}.heads_per_chunk={c!r}: must be 0 (all heads at once) or a divisor of "
                              f"relation_heads={opts['relation_heads']}")
+        mha.check_block_size(opts["block_size"], f"{field}.block_size")
     return opts
 
 

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 FAMILIES = ("bert", "roberta", "xlm-roberta")
 # HF model_type -> our family; HF spells XLM-R "xlm-roberta".
 _MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "xlm-roberta"}
+# EncoderConfig.attention_impl values (see the field's comment).
+ATTENTION_IMPLS = (None, "xla", "cudnn", "splash", "splash_interpret")
 # Activations HF encoders use, by their HF names (ACT2FN keys).
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu", "silu")
 
@@ -54,8 +56,11 @@ class EncoderConfig:
     eos_token_id: int | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    # jax.nn.dot_product_attention(implementation=...): None/'xla' everywhere; 'cudnn' = cuDNN fused
-    # attention on NVIDIA GPUs (bf16/fp16 compute only; not exercised by CI, which has no GPU).
+    # The fused attention path (taken when no probabilities are requested and no attention dropout
+    # applies): None/'xla' = jax.nn.dot_product_attention in XLA, everywhere; 'cudnn' = its cuDNN
+    # fused kernel on NVIDIA GPUs (bf16/fp16 compute only; not exercised by CI, which has no GPU);
+    # 'splash' = the Pallas splash-attention kernel, TPU only (models/attention.py);
+    # 'splash_interpret' = that kernel in the Pallas interpreter, any backend, slow (for tests).
     attention_impl: str | None = None
     # Rematerialise each layer on the backward pass (jax.checkpoint): activation memory drops from
     # O(layers) to O(1) blocks at the cost of one extra forward. A training setting; never exported.
@@ -73,8 +78,9 @@ class EncoderConfig:
                              "pick num_heads that divides the width")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act={self.hidden_act!r} unsupported; use one of {', '.join(ACTIVATIONS)}")
-        if self.attention_impl not in (None, "xla", "cudnn"):
-            raise ValueError(f"attention_impl={self.attention_impl!r} unsupported; use None, 'xla' or 'cudnn'")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r} unsupported; use one of "
+                             f"{', '.join(map(repr, ATTENTION_IMPLS))}")
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype, "dtype"))
         object.__setattr__(self, "param_dtype", canonical_dtype(self.param_dtype, "param_dtype"))
 

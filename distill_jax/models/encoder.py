@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from distill_jax.models.attention import splash_attention
 from distill_jax.models.config import EncoderConfig
 from distill_jax.models.layers import Dense, Embed, LayerNorm, activation, dropout, param
 
@@ -109,8 +110,12 @@ class SelfAttention(nnx.Module):
             ctx_bshk = jnp.einsum("bhst,bthk->bshk", dropped.astype(cfg.dtype), v_bshk)
             if output_attentions:
                 scores, probs = scores_bhst, probs_bhst
+        elif cfg.attention_impl in ("splash", "splash_interpret"):
+            # Pallas splash kernel (TPU): [S,S] tiles only, recomputed in its own backward pass.
+            ctx_bshk = splash_attention(q_bshk, k_bshk, v_bshk, mask_bs, scale,
+                                        interpret=cfg.attention_impl == "splash_interpret")
         else:
-            # Fused path: lets GPUs/TPUs use flash-style kernels; nothing [S,S]-sized is returned.
+            # Fused path: lets GPUs use cuDNN flash attention; nothing [S,S]-sized is returned.
             ctx_bshk = jax.nn.dot_product_attention(q_bshk, k_bshk, v_bshk, mask=key_mask_b11s, scale=scale,
                                                     implementation=cfg.attention_impl)
         ctx_bsd = self.out(ctx_bshk.reshape(b, s, cfg.hidden_size))
