@@ -61,16 +61,10 @@ def main(argv):
 
 
 def _run():
-    # One line, no traceback, for the errors we raise on purpose (bad config, missing teacher, NaN);
-    # DISTILL_JAX_TRACEBACK=1 shows the full traceback instead.
-    try:
-        app.run(main)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        if os.environ.get("DISTILL_JAX_TRACEBACK"):
-            raise
-        import sys
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    # One line, no traceback, for the errors we raise on purpose (bad config, missing teacher, NaN).
+    from distill_jax.cli import run_with_one_line_errors
+
+    run_with_one_line_errors(lambda: app.run(main))
 
 
 if __name__ == "__main__":
