@@ -103,6 +103,7 @@ def test_tiny_recipe_on_v5e_4_from_config_json_alone(shapes_only_teacher):
     assert result["flops_per_step"] > 0 and result["step_s_at_peak"] > 0
 
 
+@pytest.mark.slow  # ~100 s on 2 loaded cores: the fitting 2-microbatch step is a big compile
 def test_a_step_too_big_for_hbm_does_not_fit_and_search_finds_the_microbatches(shapes_only_teacher):
     """131072 x 64 rows of a tiny MiniLMv2 step need ~25 GiB of temporaries per v5e chip; two
     microbatches halve the activations that are live at once."""
@@ -121,6 +122,17 @@ def test_a_step_too_big_for_hbm_does_not_fit_and_search_finds_the_microbatches(s
                         log=lambda _: None)
     assert found["smallest_microbatches"] == 2
     assert "--config.microbatches=2" in plan.format_search(found)
+
+
+def test_shape_errors_are_named_before_compiling(shapes_only_teacher):
+    """What the run would refuse, the plan refuses from shapes alone (no weights to copy here)."""
+    config = tiny_recipe(shapes_only_teacher)
+    config.student.init = "teacher"  # widths 16 vs the teacher's 32
+    with pytest.raises(ValueError, match=r"init='teacher' needs the student's hidden_size \(16\)"):
+        plan.plan_config(config, plan.parse_topology("cpu:8"))
+    config = tiny_recipe(shapes_only_teacher, batch_size=12)
+    with pytest.raises(ValueError, match=r"config\.batch_size=12 / config\.microbatches=1 = 12 rows"):
+        plan.plan_config(config, plan.parse_topology("cpu:8"))
 
 
 def test_collectives_walk_while_bodies_and_count_async_pairs_once():
@@ -197,6 +209,7 @@ def _cli(*args, timeout=120):
 @pytest.mark.parametrize("args, message", [
     (["--topology=v5e-12"], "--topology='v5e-12': v5e slices come in sizes"),
     (["--topology=cpu:4", "--config.mesh.data=3"], "mesh data*fsdp*tensor = 3*1*1 = 3 but 4 devices"),
+    (["--topology=v5e-4", "--config.mesh.data=3"], "mesh data*fsdp*tensor = 3*1*1 = 3 but 4 devices"),
     (["--topology=cpu:4", "--config.batch_size=6"], "config.batch_size=6 / config.microbatches=1 = 6 rows"),
 ])
 def test_cli_errors_are_one_line(args, message):
@@ -224,3 +237,17 @@ def test_cli_plans_the_quickstart_on_fake_cpu_devices(tmp_path):
     unread = 4 * ((d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d + (d * d + d))
     assert result["memory"]["arguments"] == held - unread
     assert np.isfinite(result["flops_per_step"])
+
+
+def test_readme_table_covers_every_recipe_plan_line():
+    """The README's plan table (python -m benchmarks.plan_table --write_readme) has a row for every
+    `python -m distill_jax.plan` line in the recipes' docstrings, at that slice."""
+    from benchmarks.plan_table import README_MARKERS, recipe_plans
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split(README_MARKERS[0], 1)[1].split(README_MARKERS[1], 1)[0]
+    plans = recipe_plans()
+    assert len(plans) >= 6
+    for recipe, arg, topology in plans:
+        name = f"`{recipe}{':' + arg if arg else ''}`"
+        assert any(line.startswith(f"| {name} | {topology} ") for line in table.splitlines()), name
