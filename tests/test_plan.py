@@ -251,3 +251,29 @@ def test_readme_table_covers_every_recipe_plan_line():
     for recipe, arg, topology in plans:
         name = f"`{recipe}{':' + arg if arg else ''}`"
         assert any(line.startswith(f"| {name} | {topology} ") for line in table.splitlines()), name
+
+
+@pytest.mark.parametrize("kind, peak", [
+    ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5", 459e12), ("TPU v5p", 459e12),
+    ("TPU v4", 275e12), ("TPU v6 lite", 918e12), ("TPU v3", 61.5e12), ("TPU v2", 22.5e12),
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA A10", 125e12),
+    ("NVIDIA A10G", None), ("NVIDIA L40S", None), ("cpu", None),
+])
+def test_one_peak_table_matches_device_kinds_exactly(kind, peak):
+    """JAX's device_kind strings: v5p reports "TPU v5", v5e "TPU v5 lite"; A10 must not match
+    A100 / A10G, L4 not L40S. v2/v3 list one device per TensorCore (half the chip's figure)."""
+    from distill_jax.metrics import datasheet_peak_flops
+
+    assert datasheet_peak_flops(kind) == peak
+
+
+@pytest.mark.parametrize("name", ["v4-8", "v5p-8", "v5e-4", "v6e-4"])
+def test_tpu_peaks_agree_with_the_pallas_chip_table(name):
+    """The datasheet table (MFU, the plan's step-time floor) against jax.experimental.pallas.tpu's
+    own chip figures, per JAX device (megacore v4/v5p: the whole chip)."""
+    from distill_jax.metrics import datasheet_peak_flops
+
+    topo = plan.parse_topology(name)
+    assert datasheet_peak_flops(f"TPU {topo.generation}") == pytest.approx(
+        plan.chip_info(topo).bf16_flops_per_s, rel=0.005)
