@@ -9,8 +9,8 @@ Not shipped: benchmarks and studies (they import torch and run for hours), tests
 from setuptools import find_packages, setup
 
 setup(
-    packages=find_packages(include=["distill_jax", "distill_jax.*"],
-                           exclude=["distill_jax.bench", "distill_jax.bench.*"])
-    + ["distill_jax.configs"],
+    packages=find_packages(include=["distill_jax", "distill_jax.*"]) + ["distill_jax.configs"],
     package_dir={"distill_jax.configs": "configs"},
+    # The public config.json shapes of hub teachers: the TPU plan compiles without the hub.
+    package_data={"distill_jax.models": ["hub_configs/*.json"]},
 )

@@ -1,6 +1,7 @@
 """Hidden-state distillation (HS): bert-base-uncased -> 6 x 384, with a choice of layer map.
 
     python main.py --config=configs/hs_l6_h384.py:map=uniform_cons --workdir=gs://<bucket>/runs/hs_uc
+    python -m distill_jax.plan --config=configs/hs_l6_h384.py:map=uniform_cons --topology=v5e-16   # fits?
     python main.py --config=configs/hs_l6_h384.py:map=last,runlocal --workdir=/tmp/hs_last \
         --config.teacher.name=/path/to/bert-base-uncased
 

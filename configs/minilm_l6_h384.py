@@ -1,6 +1,7 @@
 """MiniLM v1 (deep self-attention distillation): bert-base-uncased -> 6 x 384 with 12 heads.
 
     python main.py --config=configs/minilm_l6_h384.py --workdir=gs://<bucket>/runs/minilm_v1
+    python -m distill_jax.plan --config=configs/minilm_l6_h384.py --topology=v5e-16   # fits?
     python main.py --config=configs/minilm_l6_h384.py:runlocal --workdir=/tmp/minilm_v1 \
         --config.teacher.name=/path/to/bert-base-uncased
 

@@ -1,6 +1,7 @@
 """Output-distribution distillation (OD): bert-base-uncased -> 6 x 384 on masked-LM logits.
 
     python main.py --config=configs/od_l6_h384.py --workdir=gs://<bucket>/runs/od_l6_h384
+    python -m distill_jax.plan --config=configs/od_l6_h384.py --topology=v5e-16   # fits?
     python main.py --config=configs/od_l6_h384.py:runlocal --workdir=/tmp/od \
         --config.teacher.name=/path/to/bert-base-uncased
 

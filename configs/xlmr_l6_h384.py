@@ -2,6 +2,8 @@
 
     python main.py --config=configs/xlmr_l6_h384.py --workdir=gs://<bucket>/runs/xlmr_l6_h384
     python main.py --config=configs/xlmr_l6_h384.py:large --workdir=gs://<bucket>/runs/xlmr_large_l6
+    python -m distill_jax.plan --config=configs/xlmr_l6_h384.py --topology=v5e-16         # fits?
+    python -m distill_jax.plan --config=configs/xlmr_l6_h384.py:large --topology=v4-32    # fits?
     python main.py --config=configs/xlmr_l6_h384.py:runlocal --workdir=/tmp/xlmr \
         --config.teacher.name=/path/to/xlm-roberta-base
 

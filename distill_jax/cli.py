@@ -21,6 +21,7 @@ import importlib
 import logging as py_logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # Before TensorFlow (clu's writer) and transformers are imported anywhere.
@@ -179,17 +180,31 @@ def main(argv):
     distributed.finished()  # peers no longer expect signs of life from this process
 
 
-def run(argv: list[str] | None = None) -> None:
-    """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
-    missing teacher, NaN); DISTILL_JAX_TRACEBACK=1 shows the full traceback instead."""
-    from distill_jax.distributed import PeerLost, exit_peer_lost
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)  # bad config, missing file, NaN
 
+
+def run_with_one_line_errors(entry: Callable[[], object]) -> None:
+    """Calls `entry()`; an EXPECTED_ERRORS exception becomes one stderr line `error: ...` and exit
+    status 1 (DISTILL_JAX_TRACEBACK=1 shows the traceback instead). The commands (`distill-jax` /
+    main.py, python -m distill_jax.plan) end this way on the errors we raise on purpose."""
     try:
-        app.run(main, argv=argv if argv is not None else sys.argv, flags_parser=_parse_flags)
-    except PeerLost as exc:
-        exit_peer_lost(exc)  # one line, exit 75, no jax.distributed shutdown (it would abort)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        entry()
+    except EXPECTED_ERRORS as exc:
         if os.environ.get("DISTILL_JAX_TRACEBACK"):
             raise
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
+    missing teacher, NaN) and for a lost peer process (exit 75)."""
+    from distill_jax.distributed import PeerLost, exit_peer_lost
+
+    def entry():
+        try:
+            app.run(main, argv=argv if argv is not None else sys.argv, flags_parser=_parse_flags)
+        except PeerLost as exc:
+            exit_peer_lost(exc)  # one line, exit 75, no jax.distributed shutdown (it would abort)
+
+    run_with_one_line_errors(entry)

@@ -37,8 +37,8 @@ def weight_decay_mask(params: Any) -> Any:
 def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW from an `optim` config block. Returns (transformation, learning-rate schedule).
 
-    Fields: learning_rate, warmup_steps, end_learning_rate, b1, b2, eps, weight_decay,
-    grad_clip_norm (<= 0 disables clipping).
+    Fields (all required; configs/common.py holds the defaults): learning_rate, warmup_steps,
+    end_learning_rate, b1, b2, eps, weight_decay, grad_clip_norm (<= 0 disables clipping).
     """
     for field in ("learning_rate", "b1", "b2", "eps", "weight_decay"):
         value = float(optim_cfg[field])
@@ -46,9 +46,9 @@ def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransform
             raise ValueError(f"optim.{field}={value} is out of range")
     schedule = learning_rate_schedule(
         float(optim_cfg.learning_rate), int(optim_cfg.warmup_steps), int(total_steps),
-        float(optim_cfg.get("end_learning_rate", 0.0)))
+        float(optim_cfg["end_learning_rate"]))
     parts = []
-    clip = float(optim_cfg.get("grad_clip_norm", 0.0))
+    clip = float(optim_cfg["grad_clip_norm"])
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
     parts.append(optax.adamw(

@@ -118,13 +118,16 @@ def parse_topology(name: str) -> Topology:
 
 
 def compile_only_environment() -> None:
-    """libtpu settings for compiling without TPUs: no TPU-host probe, and no claim on the
+    """libtpu settings for compiling without TPUs: no TPU-host probe (worker hostnames and the
+    local accelerator type are what libtpu would otherwise ask the VM metadata for; the topology
+    compiled for is always named explicitly, so these change no figure), and no claim on the
     machine-wide libtpu lockfile (another JAX process may hold it; nothing runs on a chip here)."""
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def topology_devices(topo: Topology, num_slices: int = 1) -> list:
+def topology_devices(topo: Topology) -> list:
     """The devices to build the mesh over: compile-only TPU devices from libtpu, or the first N CPU
     devices of this process (jax_num_cpu_devices must allow N: the CLI sets it)."""
     import jax
@@ -140,9 +143,9 @@ def topology_devices(topo: Topology, num_slices: int = 1) -> list:
     except ImportError as exc:  # pragma: no cover - part of jax
         raise ValueError(f"jax.experimental.topologies unavailable: {exc}") from None
     compile_only_environment()
+    # One slice: a multi-slice mesh (data over DCN) needs mesh_utils.create_hybrid_device_mesh,
+    # which distill_jax.sharding.make_mesh does not build yet.
     kwargs = {"chip_config_name": "megacore"} if topo.megacore else {}
-    if num_slices > 1:
-        kwargs["num_slices"] = num_slices
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.libtpu_name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - libtpu missing or the name refused
@@ -212,7 +215,7 @@ def teacher_config_json(name: str) -> tuple[dict, str]:
         return read_hf_config(path), str(path / "config.json")
     known = known_hub_config(name)
     if known is not None:
-        return known, f"distill_jax/models/hub_configs/{name.split('/')[-1]}.json (shapes of the hub's)"
+        return known, f"distill_jax/models/hub_configs/{name.split('/')[-1]}.json (the hub config.json's shapes)"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never downloads weights
     try:
         model_dir = models.resolve_model_dir(name)
@@ -614,10 +617,12 @@ def main(argv=None) -> int:
     config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mha_l6_h384.py[:arg].",
                                     flag_values=fv, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("topology", None, "v5e-16, v4-32, v5p-128, v6e-64, v5e:4x4, cpu:8", flag_values=fv)
-    flags.DEFINE_integer("num_slices", 1, "multi-slice: this many slices of --topology", flag_values=fv)
     flags.DEFINE_bool("search", False, "find the largest batch (or microbatches / remat) that fits",
                       flag_values=fv)
     flags.DEFINE_string("json", "", "also write the figures to this JSON file", flag_values=fv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(__doc__ + "\nflags:\n" + fv.module_help(fv.find_module_defining_flag("topology")))
+        return 0
     try:
         fv(argv)
     except flags.Error as exc:
@@ -626,13 +631,11 @@ def main(argv=None) -> int:
         raise ValueError("--config=configs/<recipe>.py and --topology=<v5e-16 | v4-32 | cpu:8 ...> "
                          "are both required")
     topo = parse_topology(fv.topology)
-    if fv.num_slices < 1:
-        raise ValueError(f"--num_slices={fv.num_slices}: must be >= 1")
     if topo.platform == "cpu":
         import jax
 
         jax.config.update("jax_num_cpu_devices", max(topo.chips, 1))
-    devices = topology_devices(topo, fv.num_slices)
+    devices = topology_devices(topo)
     config = fv.config
     teacher_hf, source = teacher_config_json(config.teacher.name)
     result = plan_config(config, topo, devices, teacher_hf=teacher_hf, teacher_source=source)
@@ -647,19 +650,14 @@ def main(argv=None) -> int:
 
 
 def _run() -> None:
-    # One line for the errors we raise on purpose; DISTILL_JAX_TRACEBACK=1 shows the traceback.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # The plan's own arrays (keys, shapes) live on the host CPU: it never claims a local
     # accelerator (on a TPU VM a training job may be using the chips).
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     compile_only_environment()
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as exc:
-        if os.environ.get("DISTILL_JAX_TRACEBACK"):
-            raise
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    from distill_jax.cli import run_with_one_line_errors
+
+    run_with_one_line_errors(main)
 
 
 if __name__ == "__main__":

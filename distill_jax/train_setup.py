@@ -282,6 +282,9 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
                                    teacher_model=copy_from, rngs=nnx.Rngs(seed))
 
     abstract_student = nnx.eval_shape(make_student)
+    if config.student.init == "teacher":  # shapes alone say whether the copy can work
+        from distill_jax.models.student import teacher_init_layers
+        teacher_init_layers(abstract_student.cfg, teacher_cfg, student_overrides["teacher_layers"])
     student_shardings = param_shardings(abstract_student, mesh, rules)
     student_graphdef, student_params = split_params(abstract_student)
     if abstract:

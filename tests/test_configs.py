@@ -17,12 +17,6 @@ from distill_jax.losses import build_objective
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("mha_l6_h384", "hs_l6_h384", "od_l6_h384", "minilm_l6_h384", "xlmr_l6_h384")
-# Public shapes of the teachers the recipes name (their config.json files on the hub).
-TEACHER_SHAPES = {
-    "bert-base-uncased": dict(num_layers=12, hidden_size=768, num_heads=12),
-    "xlm-roberta-base": dict(num_layers=12, hidden_size=768, num_heads=12),
-    "xlm-roberta-large": dict(num_layers=24, hidden_size=1024, num_heads=16),
-}
 
 
 def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -30,12 +24,13 @@ def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def check_objective(c):
-    teacher = TEACHER_SHAPES.get(c.teacher.name)
-    if teacher is None:  # the quickstart's offline teacher: read its real config.json
-        from distill_jax.models import EncoderConfig, resolve_model_dir
-        from distill_jax.models.hf_io import read_hf_config
-        cfg = EncoderConfig.from_hf_dict(read_hf_config(resolve_model_dir(c.teacher.name)))
-        teacher = dict(num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads)
+    # The hub teachers' shapes as shipped for the plan (distill_jax/models/hub_configs), or the
+    # quickstart's offline teacher's real config.json.
+    from distill_jax.models import EncoderConfig
+    from distill_jax.plan import teacher_config_json
+
+    cfg = EncoderConfig.from_hf_dict(teacher_config_json(c.teacher.name)[0])
+    teacher = dict(num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads)
     student = dict(num_layers=c.student.num_layers, hidden_size=c.student.hidden_size,
                    num_heads=c.student.num_heads)
     return build_objective(c.objective, student, teacher)
@@ -52,6 +47,22 @@ def test_recipe_loads_validates_and_documents_its_launch_command(name):
     assert c.batch_size % c.microbatches == 0
     assert 0 <= c.optim.warmup_steps <= c.total_steps
     json.dumps(c.to_dict())  # serialisable: it goes into summary.json
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_pod_recipe_names_the_slice_to_plan_and_its_mesh_fits_it(name):
+    """Each pod recipe's docstring carries `python -m distill_jax.plan ... --topology=<slice>` (the
+    README table is generated from these lines); the recipe's mesh and batch split over that slice."""
+    from benchmarks.plan_table import PLAN_LINE
+    from distill_jax import sharding
+    from distill_jax.plan import parse_topology
+
+    lines = [m for m in PLAN_LINE.findall(importlib.import_module(f"configs.{name}").__doc__) if m[0] == name]
+    assert lines, f"configs/{name}.py names no plan command"
+    for _, arg, topology in lines:
+        c, topo = load(name, arg or None), parse_topology(topology)
+        data, fsdp, tensor = sharding.resolve_mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, topo.chips)
+        assert (c.batch_size // c.microbatches) % (data * fsdp) == 0
 
 
 def test_pod_recipes_follow_the_published_settings():

@@ -59,6 +59,7 @@ def test_wheel_holds_the_package_and_recipes_and_its_metadata_are_the_requiremen
     assert "distill_jax/losses/objective.py" in names and "distill_jax/cli.py" in names
     assert {"distill_jax/configs/quickstart.py", "distill_jax/configs/common.py",
             "distill_jax/configs/__init__.py"} <= set(names)
+    assert "distill_jax/models/hub_configs/bert-base-uncased.json" in names  # the plan's offline shapes
     assert not [n for n in names if n.startswith(("distill_jax/bench/", "benchmarks/", "studies/"))]
     assert "distill-jax = distill_jax.cli:run" in entry_points
 
@@ -73,7 +74,8 @@ def test_wheel_holds_the_package_and_recipes_and_its_metadata_are_the_requiremen
     assert sorted(core) == normalised["core"] == sorted(["jax<0.11,>=0.10.0", "numpy<3,>=2.0"])
     assert sorted(extras["models"]) == normalised["models"]
     assert sorted(extras["train"]) == sorted(normalised["models"] + normalised["train"])
-    assert extras["tpu"] == ["jax[tpu]"] and sorted(extras["test"]) == normalised["test"]
+    assert extras["tpu"] == ["jax[tpu]"]
+    assert sorted(extras["test"]) == sorted(normalised["test"] + normalised["tpu"])  # libtpu: the plan's tests
     # What scripts/env.sh installs is exactly those files.
     assert (REPO / "requirements.txt").read_text().split("\n-r ")[1:] == [
         "requirements/core.txt", "requirements/models.txt", "requirements/train.txt\n"]

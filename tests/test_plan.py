@@ -103,6 +103,7 @@ def test_tiny_recipe_on_v5e_4_from_config_json_alone(shapes_only_teacher):
     assert result["flops_per_step"] > 0 and result["step_s_at_peak"] > 0
 
 
+@pytest.mark.slow  # ~100 s on 2 loaded cores: the fitting 2-microbatch step is a big compile
 def test_a_step_too_big_for_hbm_does_not_fit_and_search_finds_the_microbatches(shapes_only_teacher):
     """131072 x 64 rows of a tiny MiniLMv2 step need ~25 GiB of temporaries per v5e chip; two
     microbatches halve the activations that are live at once."""
@@ -121,6 +122,17 @@ def test_a_step_too_big_for_hbm_does_not_fit_and_search_finds_the_microbatches(s
                         log=lambda _: None)
     assert found["smallest_microbatches"] == 2
     assert "--config.microbatches=2" in plan.format_search(found)
+
+
+def test_shape_errors_are_named_before_compiling(shapes_only_teacher):
+    """What the run would refuse, the plan refuses from shapes alone (no weights to copy here)."""
+    config = tiny_recipe(shapes_only_teacher)
+    config.student.init = "teacher"  # widths 16 vs the teacher's 32
+    with pytest.raises(ValueError, match=r"init='teacher' needs the student's hidden_size \(16\)"):
+        plan.plan_config(config, plan.parse_topology("cpu:8"))
+    config = tiny_recipe(shapes_only_teacher, batch_size=12)
+    with pytest.raises(ValueError, match=r"config\.batch_size=12 / config\.microbatches=1 = 12 rows"):
+        plan.plan_config(config, plan.parse_topology("cpu:8"))
 
 
 def test_collectives_walk_while_bodies_and_count_async_pairs_once():
@@ -197,6 +209,7 @@ def _cli(*args, timeout=120):
 @pytest.mark.parametrize("args, message", [
     (["--topology=v5e-12"], "--topology='v5e-12': v5e slices come in sizes"),
     (["--topology=cpu:4", "--config.mesh.data=3"], "mesh data*fsdp*tensor = 3*1*1 = 3 but 4 devices"),
+    (["--topology=v5e-4", "--config.mesh.data=3"], "mesh data*fsdp*tensor = 3*1*1 = 3 but 4 devices"),
     (["--topology=cpu:4", "--config.batch_size=6"], "config.batch_size=6 / config.microbatches=1 = 6 rows"),
 ])
 def test_cli_errors_are_one_line(args, message):
@@ -224,3 +237,43 @@ def test_cli_plans_the_quickstart_on_fake_cpu_devices(tmp_path):
     unread = 4 * ((d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d + (d * d + d))
     assert result["memory"]["arguments"] == held - unread
     assert np.isfinite(result["flops_per_step"])
+
+
+def test_readme_table_covers_every_recipe_plan_line():
+    """The README's plan table (python -m benchmarks.plan_table --write_readme) has a row for every
+    `python -m distill_jax.plan` line in the recipes' docstrings, at that slice."""
+    from benchmarks.plan_table import README_MARKERS, recipe_plans
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split(README_MARKERS[0], 1)[1].split(README_MARKERS[1], 1)[0]
+    plans = recipe_plans()
+    assert len(plans) >= 6
+    for recipe, arg, topology in plans:
+        name = f"`{recipe}{':' + arg if arg else ''}`"
+        assert any(line.startswith(f"| {name} | {topology} ") for line in table.splitlines()), name
+
+
+@pytest.mark.parametrize("kind, peak", [
+    ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5", 459e12), ("TPU v5p", 459e12),
+    ("TPU v4", 275e12), ("TPU v6 lite", 918e12), ("TPU v3", 61.5e12), ("TPU v2", 22.5e12),
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA A10", 125e12),
+    ("NVIDIA A10G", None), ("NVIDIA L40S", None), ("cpu", None),
+])
+def test_one_peak_table_matches_device_kinds_exactly(kind, peak):
+    """JAX's device_kind strings: v5p reports "TPU v5", v5e "TPU v5 lite"; A10 must not match
+    A100 / A10G, L4 not L40S. v2/v3 list one device per TensorCore (half the chip's figure)."""
+    from distill_jax.metrics import datasheet_peak_flops
+
+    assert datasheet_peak_flops(kind) == peak
+
+
+@pytest.mark.parametrize("name", ["v4-8", "v5p-8", "v5e-4", "v6e-4"])
+def test_tpu_peaks_agree_with_the_pallas_chip_table(name):
+    """The datasheet table (MFU, the plan's step-time floor) against jax.experimental.pallas.tpu's
+    own chip figures, per JAX device (megacore v4/v5p: the whole chip)."""
+    from distill_jax.metrics import datasheet_peak_flops
+
+    topo = plan.parse_topology(name)
+    assert datasheet_peak_flops(f"TPU {topo.generation}") == pytest.approx(
+        plan.chip_info(topo).bf16_flops_per_s, rel=0.005)

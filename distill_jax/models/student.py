@@ -59,7 +59,16 @@ def make_student(teacher_cfg: EncoderConfig, *, num_layers: int | None = None, h
         raise ValueError(f"init={init!r} unsupported; use 'random' or 'teacher'")
     if teacher_model is None:
         raise ValueError("init='teacher' needs teacher_model=<the loaded teacher Encoder>")
-    t_cfg = teacher_model.cfg
+    layers = teacher_init_layers(cfg, teacher_model.cfg, teacher_layers)
+    _copy_from_teacher(student, teacher_model, layers)
+    return student
+
+
+def teacher_init_layers(cfg: EncoderConfig, t_cfg: EncoderConfig,
+                        teacher_layers: Sequence[int] | None) -> list[int]:
+    """The teacher layers init='teacher' copies into a student of config `cfg` (default: evenly
+    spread incl. first and last); ValueError naming the field when the shapes do not allow it.
+    Needs shapes only, so a plan checks it without weights."""
     for field in ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size"):
         if getattr(cfg, field) != getattr(t_cfg, field):
             raise ValueError(f"init='teacher' needs the student's {field} ({getattr(cfg, field)}) to equal the "
@@ -73,8 +82,7 @@ def make_student(teacher_cfg: EncoderConfig, *, num_layers: int | None = None, h
     bad = [i for i in layers if not 0 <= i < t_cfg.num_layers]
     if bad:
         raise ValueError(f"teacher_layers {bad} out of range: the teacher has layers 0..{t_cfg.num_layers - 1}")
-    _copy_from_teacher(student, teacher_model, layers)
-    return student
+    return layers
 
 
 def _copy_from_teacher(student: Encoder, teacher: Encoder, layers: list[int]) -> None:
