@@ -196,7 +196,7 @@ def panel_bar_chart(task_names: list[str], row_names: list[str], summaries: dict
             panel_title += f"\ndashed: {reference_row} {100 * ref['median_score']:.1f}"
         top = max([100 * s["max_score"] for (r, t), s in summaries.items() if t == spec.name] + [1.0])
         ax.set_xlim(min(0.0, *(100 * s["min_score"] for (r, t), s in summaries.items() if t == spec.name)),
-                    top * 1.12 + 2)
+                    max(top * 1.12 + 2, 20.0))  # a panel of zeros (CoLA MCC at chance) still reads in %
         ax.set_title(panel_title, fontsize=8)
         ax.set_xlabel("dev score (%)", fontsize=8)
         ax.tick_params(labelsize=7)
