@@ -11,7 +11,9 @@ project's own pieces (EncoderConfig, make_student, build_objective, make_optimiz
 distill_jax.step.make_train_step, the sharding rules), jits it with shardings over the topology's
 devices, lowers it with ShapeDtypeStructs, compiles it and prints memory_analysis() per chip for
 each variant. libtpu must be installed for TPU topologies (`pip install "libtpu==0.0.42.*"`, the
-one jax 0.10.2 pins); `--topology=cpu` uses this host's CPU devices instead.
+one jax 0.10.2 pins); `--topology=cpu` uses this host's CPU devices instead. Run remat variants
+under `ulimit -s unlimited`: at the default 8 MiB stack libtpu 0.0.42.1's compiler dies of a stack
+overflow on them.
 
 Variants (comma list): dense (block_size=0, the relations materialised), dense_hpc8 (dense with
 heads_per_chunk=8), blockwise (the default), blockwise_remat (+ student remat), blockwise_splash
