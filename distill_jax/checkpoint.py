@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -51,6 +52,33 @@ class _DropOrbaxReadTasks(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_DropOrbaxReadTasks())
+
+
+def _late_read_callback(exc_type, exc, tb) -> bool:
+    """The other half of a failed restore: reads still in flight when orbax gave up finish later on
+    tensorstore's threads, and posting their results to the closed event loop raises
+    RuntimeError('Event loop is closed') in asyncio's call_soon_threadsafe, which tensorstore
+    prints through sys.excepthook / sys.unraisablehook (a traceback each). Nothing is lost: the
+    restore already failed and was reported in one line."""
+    return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
+            and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(tb)))
+
+
+def _install_late_callback_filter() -> None:
+    if getattr(sys.excepthook, "drops_late_read_callbacks", False):
+        return
+    previous_excepthook, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(exc_type, exc, tb):
+        if not _late_read_callback(exc_type, exc, tb):
+            previous_excepthook(exc_type, exc, tb)
+
+    def unraisablehook(unraisable):
+        if not _late_read_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+            previous_unraisable(unraisable)
+
+    excepthook.drops_late_read_callbacks = True
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 class CheckpointError(ValueError):
@@ -187,6 +215,7 @@ class Checkpointer:
         for step in steps:
             self._check_fits(step, abstract_state)
             restored, error = None, None
+            _install_late_callback_filter()  # a failing read's stragglers must print nothing
             try:
                 restored = self.restore(step, abstract_state)
             except CheckpointMismatch:
