@@ -175,8 +175,9 @@ def panel_bar_chart(task_names: list[str], row_names: list[str], summaries: dict
 
     specs = [get_task(t) for t in task_names]
     bars = [r for r in row_names if r != reference_row]
-    fig, axes = plt.subplots(1, len(specs), figsize=(2.2 + 2.9 * len(specs), 0.9 + 0.32 * len(bars)), dpi=110,
-                             sharey=True, squeeze=False)
+    # Constrained layout fits the two-line panel titles and the suptitle (tight_layout could not).
+    fig, axes = plt.subplots(1, len(specs), figsize=(2.2 + 2.9 * len(specs), 1.3 + 0.32 * len(bars)), dpi=110,
+                             sharey=True, squeeze=False, layout="constrained")
     y = np.arange(len(bars))[::-1]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, spec in zip(axes[0], specs):
@@ -205,7 +206,6 @@ def panel_bar_chart(task_names: list[str], row_names: list[str], summaries: dict
         import textwrap
 
         fig.suptitle(textwrap.fill(title, width=int(14 * fig.get_figwidth())), fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
