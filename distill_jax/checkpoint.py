@@ -43,12 +43,17 @@ from etils import epath
 class _DropOrbaxReadTasks(logging.Filter):
     """A damaged array file fails every array read orbax started at once; it raises the first and
     asyncio later logs each other task's exception ("Task exception was never retrieved", a full
-    tensorstore spec each). The failure is reported once, by restore_latest: drop those."""
+    tensorstore spec each). The failure is reported once, by restore_latest: drop those. A task is
+    recognised by its exception, a tensorstore error (its text ends in the tensorstore spec), or by
+    an orbax coroutine; the task's coroutine alone is not enough, since orbax wraps tensorstore's
+    futures in asyncio's own `_wrap_awaitable`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        return not (text.startswith("Task exception was never retrieved")
-                    and "orbax/checkpoint" in record.getMessage())
+        if not str(record.msg).startswith("Task exception was never retrieved"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage() + (str(exc) if exc is not None else "")
+        return not ("orbax/checkpoint" in text or "[tensorstore_spec=" in text)
 
 
 logging.getLogger("asyncio").addFilter(_DropOrbaxReadTasks())

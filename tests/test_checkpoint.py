@@ -195,3 +195,47 @@ def test_a_checkpoint_of_another_config_is_refused_and_kept(tmp_path, capsys):
     assert ckpt.all_steps() == [2] and not list(tmp_path.glob("corrupt-*"))
     assert "warning" not in capsys.readouterr().err
     ckpt.close()
+
+
+def test_reads_left_behind_by_a_damaged_checkpoint_log_nothing(tmp_path):
+    """What orbax does on restore, with real tensorstore and asyncio: several array reads from one
+    damaged OCDBT file at once, the first failure awaited and the rest never retrieved. asyncio
+    logs each of those when the task is collected; the checkpoint module's filter drops them (the
+    failure is already reported in one line), and keeps every other asyncio record."""
+    import asyncio
+    import gc
+    import logging
+
+    import tensorstore as ts
+
+    saved_steps(tmp_path)
+    truncate(largest_array_file(tmp_path / "4"))
+    state_dir = tmp_path / "4" / "state"
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    async def read(name):
+        return await ts.open({"driver": "zarr", "path": name + "/",
+                              "kvstore": {"driver": "ocdbt", "base": f"file://{state_dir}/"}})
+
+    async def restore_like_orbax():
+        tasks = [asyncio.ensure_future(read(name))
+                 for name in ("step", "params.student.norm.scale", "params.aux.hs.w")]
+        with pytest.raises(ValueError, match="is not valid for value of size"):
+            await tasks[0]
+
+    handler = Keep()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(restore_like_orbax())
+        loop.close()
+        gc.collect()
+        logger.error("an unrelated asyncio error")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["an unrelated asyncio error"]
