@@ -104,6 +104,12 @@ def base_config() -> ml_collections.ConfigDict:
     # distill_jax.sharding.DEFAULT_RULES.
     c.logical_axis_rules = ()
 
+    # Attention when no probabilities are needed and no attention dropout applies (the frozen
+    # teacher always; the student when student.attention_dropout is 0): 'auto' = the Pallas splash
+    # kernel on TPU and jax.nn.dot_product_attention elsewhere (cuDNN's fused kernel on GPU where it
+    # applies); or 'xla', 'cudnn', 'splash' to force one (distill_jax/models/attention.py).
+    c.attention_impl = "auto"
+
     c.log_every = 100             # steps between console lines / TensorBoard points (and NaN checks)
     c.checkpoint_every = 2000     # steps between checkpoints (also on SIGTERM and at the end)
     c.keep_checkpoints = 3        # newest K kept

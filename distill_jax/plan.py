@@ -419,6 +419,7 @@ def plan_config(config, topo: Topology, devices: list | None = None, *, teacher_
         "batch_size": int(config.batch_size), "microbatches": int(config.microbatches),
         "rows_per_chip": int(config.batch_size) // (mesh.shape["data"] * mesh.shape["fsdp"]),
         "seq_len": int(config.data.seq_len), "remat": bool(config.student.remat),
+        "attention": setup.attention_paths(),
         "per_chip": per_chip, "flops_per_step": flops,
         "hbm_bytes": chip.hbm_bytes if chip else None,  # the chip table's capacity
         "hbm_usable_bytes": usable,                      # what XLA lets a program use
@@ -556,6 +557,8 @@ def format_report(r: dict) -> str:
              f"batch {r['batch_size']} x {r['seq_len']} ({r['rows_per_chip']} rows per chip, "
              f"microbatches {r['microbatches']}, remat {r['remat']}); teacher shapes from "
              f"{r['teacher_shapes_from']}"]
+    if r.get("attention"):
+        lines.append("attention: " + ", ".join(f"{k} {v}" for k, v in r["attention"].items()))
     p = r["per_chip"]
     lines.append("per chip:")
     for key, label in (("student_params", "student parameters"), ("aux_params", "objective aux params"),

@@ -171,6 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         f"from {teacher_dir}")
     log(f"student {student_cfg.num_layers}x{student_cfg.hidden_size} ({student_cfg.num_heads} heads, "
         f"FFN {student_cfg.intermediate_size}), init={config.student.init}; objective {objective}")
+    log("attention: " + ", ".join(f"{k} {v}" for k, v in setup.attention_paths().items()))
     params = state["params"]
     if jax.process_index() == 0:
         # The per-parameter table goes to a file (it is 30+ lines); the console gets the totals.

@@ -74,8 +74,31 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
     if config.batch_size % process_count:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{process_count} processes (each host feeds an equal share)")
+    if config.attention_impl not in ATTENTION_CHOICES:
+        raise ValueError(f"config.attention_impl={config.attention_impl!r}: use one of "
+                         f"{', '.join(map(repr, ATTENTION_CHOICES))}")
     if config.stop_after_step < 0:
         raise ValueError(f"config.stop_after_step={config.stop_after_step}: must be >= 0 (0 = off)")
+
+
+# config.attention_impl values: 'auto' or an EncoderConfig.attention_impl ('xla' = its None).
+ATTENTION_CHOICES = ("auto", "xla", "cudnn", "splash", "splash_interpret")
+
+
+def resolve_attention_impl(choice: str, mesh: Mesh) -> str | None:
+    """config.attention_impl -> EncoderConfig.attention_impl for the devices of `mesh`.
+
+    'auto': 'splash' (the Pallas kernel; nothing [S, S]-sized kept) on TPU; None elsewhere, i.e.
+    jax.nn.dot_product_attention picks: cuDNN's fused kernel on GPU where it applies, XLA on CPU.
+    The encoder still takes its explicit path where probabilities or attention dropout are needed.
+    """
+    platform = mesh.devices.flat[0].platform
+    if choice == "auto":
+        return "splash" if platform == "tpu" else None
+    if choice == "splash" and platform != "tpu":
+        raise ValueError(f"config.attention_impl='splash' needs TPU devices (these are {platform}); "
+                         "use 'auto' (or 'splash_interpret' to run the kernel in the interpreter)")
+    return None if choice == "xla" else choice
 
 
 def check_batch_fits_mesh(config, mesh: Mesh) -> None:
@@ -185,19 +208,36 @@ class TrainSetup:
         return self.jitted.lower(self.state, self.teacher_params,
                                  self.batch_spec() if batch is None else batch)
 
+    def attention_paths(self) -> dict[str, str]:
+        """How each model's attention runs in this step, e.g. {'teacher': 'splash', 'student':
+        'explicit (student.attention_dropout=0.1)'}: the encoder takes the explicit softmax path,
+        keeping [B, H, S, S] probabilities, where the objective reads them or dropout hits them."""
+        def fused(cfg):
+            return cfg.attention_impl or "jax.nn.dot_product_attention"
+
+        if self.objective.needs_attentions:
+            reason = "explicit (the objective reads attention probabilities)"
+            return {"teacher": reason, "student": reason}
+        dropout = float(self.student_cfg.attention_dropout)
+        return {"teacher": fused(self.teacher_cfg),
+                "student": f"explicit (student.attention_dropout={dropout:g})" if dropout > 0
+                else fused(self.student_cfg)}
+
     def step_flops(self) -> float | None:
         """Analytic matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective; flops.py)."""
         return objective_flops(self.config, self.objective, self.teacher_cfg, self.student_cfg)
 
 
-def teacher_encoder_config(config, teacher_hf: dict, *, source: str, with_mlm_head: bool):
+def teacher_encoder_config(config, teacher_hf: dict, *, source: str, with_mlm_head: bool,
+                           attention_impl: str | None = None):
     """The teacher's EncoderConfig as the step runs it: config.json shapes, config.teacher.dtype
-    for compute and storage (cast once at load), the MLM head only when the objective reads it."""
+    for compute and storage (cast once at load), the MLM head only when the objective reads it,
+    the attention kernel resolve_attention_impl chose."""
     from distill_jax import models
 
     cfg = models.EncoderConfig.from_hf_dict(teacher_hf, source=source, dtype=config.teacher.dtype,
                                             param_dtype=config.teacher.dtype)
-    return cfg.replace(with_mlm_head=bool(with_mlm_head))
+    return cfg.replace(with_mlm_head=bool(with_mlm_head), attention_impl=attention_impl)
 
 
 def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_hf: dict,
@@ -233,8 +273,10 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
             f"frozen teacher with `python main.py --config=configs/fit_mlm_head.py --config.teacher.name="
             f"{config.teacher.name} --workdir=DIR`, then pass --config.teacher.name=DIR/export")
     tx, lr_schedule = optim.make_optimizer(config.optim, config.total_steps)
+    attention_impl = resolve_attention_impl(config.attention_impl, mesh)
     teacher_cfg = teacher_encoder_config(config, teacher_hf, source=teacher_source,
-                                         with_mlm_head=objective.needs_teacher_mlm_head)
+                                         with_mlm_head=objective.needs_teacher_mlm_head,
+                                         attention_impl=attention_impl)
     repl = sharding.replicated(mesh)
 
     # 2. Teacher: frozen, cast once to its compute dtype, never checkpointed.
@@ -247,7 +289,8 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
     elif teacher_dir is not None:
         teacher_model, loaded_cfg, _ = models.load_pretrained(
             teacher_dir, dtype=teacher_cfg.dtype, param_dtype=teacher_cfg.param_dtype,
-            with_mlm_head=teacher_cfg.with_mlm_head, shardings=teacher_shardings)
+            with_mlm_head=teacher_cfg.with_mlm_head, shardings=teacher_shardings,
+            attention_impl=teacher_cfg.attention_impl)
         if loaded_cfg != teacher_cfg:  # one config.json read twice: cannot differ
             raise ValueError(f"{teacher_dir}: the loaded teacher's config differs from config.json")
         teacher_graphdef, teacher_params = split_params(teacher_model)
@@ -264,7 +307,7 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
         with_mlm_head=objective.needs_mlm_head,
         hidden_dropout=float(config.student.hidden_dropout),
         attention_dropout=float(config.student.attention_dropout),
-        remat=bool(config.student.remat))
+        remat=bool(config.student.remat), attention_impl=attention_impl)
     if config.student.init == "teacher":
         # The copy itself needs real teacher weights; for shapes, a random-init student is the same.
         copy_from = None if abstract else _float32_teacher(
@@ -325,7 +368,14 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
         output_attentions=objective.needs_attentions,
         student_has_mlm_head=objective.needs_mlm_head,
         teacher_has_mlm_head=objective.needs_teacher_mlm_head)
-    jitted = jax.jit(train_step,
+
+    def step_in_mesh(*args):
+        # The splash kernel shard_maps itself over the batch axes of the context mesh (XLA cannot
+        # partition its custom call); every other op follows the jit shardings either way.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return train_step(*args)
+
+    jitted = jax.jit(step_in_mesh,
                      in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh, 1)),
                      out_shardings=(state_shardings, repl), donate_argnums=(0,))
     return TrainSetup(config=config, mesh=mesh, rules=rules, abstract=abstract,

@@ -49,10 +49,11 @@ def log(message: str) -> None:
 
 # Fields that change how a run is carried out or logged, never what it computes: left out of a
 # method's identity, so stopping early (stop_after_step), logging more often or moving the caches
-# does not orphan finished records.
+# does not orphan finished records. attention_impl picks a kernel for the same softmax attention.
 _OPERATIONAL_FIELDS = ("cache_dir", "compilation_cache_dir", "stop_after_step", "log_every", "checkpoint_every",
                        "keep_checkpoints", "async_checkpoints", "export", "peak_flops_per_device", "prefetch",
-                       "tokenize_batch_documents", "shard_blocks", "print_parameters")
+                       "tokenize_batch_documents", "shard_blocks", "print_parameters",
+                       "attention_impl")
 
 
 def _portable(node: Any) -> Any:

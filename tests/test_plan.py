@@ -103,6 +103,52 @@ def test_tiny_recipe_on_v5e_4_from_config_json_alone(shapes_only_teacher):
     assert result["flops_per_step"] > 0 and result["step_s_at_peak"] > 0
 
 
+def test_attention_auto_takes_the_splash_kernel_on_tpu_per_chip(shapes_only_teacher):
+    """config.attention_impl='auto' (the default): on a TPU mesh the frozen teacher runs the Pallas
+    splash kernel inside a shard_map over the batch axes (one custom call per chip, no batch
+    gathered), the student too once its attention dropout is 0; 'xla' keeps XLA's attention."""
+    _libtpu()
+    from distill_jax import train_setup
+
+    devices = plan.topology_devices(plan.parse_topology("v5e-4"))
+
+    def build(**changes):
+        config = tiny_recipe(shapes_only_teacher)
+        for field, value in changes.items():
+            section, _, name = field.rpartition(".")
+            (config[section] if section else config)[name] = value
+        mesh = train_setup.make_config_mesh(config, devices)
+        hf, source = plan.teacher_config_json(config.teacher.name)
+        setup = train_setup.build_train_setup(config, mesh, teacher_hf=hf, abstract=True, teacher_source=source)
+        return setup, setup.lower().compile().as_text()
+
+    # Two student layers: the first one's attention output feeds the last layer's Q/K/V, which
+    # MiniLMv2 reads (a last layer's attention output is unused, and XLA drops it).
+    shipped, hlo = build(**{"student.num_layers": 2})
+    assert shipped.attention_paths() == {"teacher": "splash", "student": "explicit (student.attention_dropout=0.1)"}
+    assert "tpu_custom_call" in hlo and "all-gather" not in hlo
+    no_dropout, hlo_both = build(**{"student.num_layers": 2, "student.attention_dropout": 0.0})
+    assert no_dropout.attention_paths() == {"teacher": "splash", "student": "splash"}
+    # + the student's kernels: forward, and the backward's dq and dkv.
+    assert hlo_both.count("tpu_custom_call") >= hlo.count("tpu_custom_call") + 3
+    xla, hlo_xla = build(attention_impl="xla")
+    assert xla.attention_paths()["teacher"] == "jax.nn.dot_product_attention"
+    assert "tpu_custom_call" not in hlo_xla
+
+
+def test_attention_choices_are_checked_in_one_line(shapes_only_teacher):
+    from distill_jax import sharding, train_setup
+
+    config = tiny_recipe(shapes_only_teacher)
+    config.attention_impl = "flash"
+    with pytest.raises(ValueError, match=r"^config.attention_impl='flash': use one of 'auto', 'xla'"):
+        train_setup.check_config(config)
+    cpu_mesh = sharding.make_mesh(data=1, devices=__import__("jax").devices()[:1])
+    assert train_setup.resolve_attention_impl("auto", cpu_mesh) is None
+    with pytest.raises(ValueError, match=r"config.attention_impl='splash' needs TPU devices \(these are cpu\)"):
+        train_setup.resolve_attention_impl("splash", cpu_mesh)
+
+
 @pytest.mark.slow  # ~100 s on 2 loaded cores: the fitting 2-microbatch step is a big compile
 def test_a_step_too_big_for_hbm_does_not_fit_and_search_finds_the_microbatches(shapes_only_teacher):
     """131072 x 64 rows of a tiny MiniLMv2 step need ~25 GiB of temporaries per v5e chip; two
