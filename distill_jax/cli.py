@@ -200,6 +200,9 @@ def run(argv: list[str] | None = None) -> None:
     """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
     missing teacher, NaN) and for a lost peer process (exit 75)."""
     from distill_jax.distributed import PeerLost, exit_peer_lost
+    from distill_jax.stack_limit import raise_stack_limit
+
+    raise_stack_limit()  # on TPU, libtpu's compile of a remat step needs more than 8 MiB of stack
 
     def entry():
         try:

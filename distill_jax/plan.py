@@ -659,6 +659,9 @@ def _run() -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     compile_only_environment()
     from distill_jax.cli import run_with_one_line_errors
+    from distill_jax.stack_limit import raise_stack_limit
+
+    raise_stack_limit()  # libtpu's compile of a remat step needs more than 8 MiB of stack
 
     run_with_one_line_errors(main)
 
