@@ -59,6 +59,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Compute dtype of the frozen teacher; its params are cast once at load. bfloat16 on TPU/GPU
     # halves the teacher's share of the step; float32 on CPU (bf16 matmuls are slow there).
     c.teacher.dtype = "float32"
+    # Frozen teacher parameters over the mesh's fsdp axis: False keeps a full copy per fsdp group
+    # (sharded over "tensor" only), so its matmuls need no collective; True shards them like the
+    # student's, for a teacher too big to copy. With True, XLA partitions the teacher's matmuls
+    # over fsdp and all-reduces float32 partial activations instead of gathering weights (the plan
+    # showed ~72 GiB per chip per step for xlmr-large on v4-32).
+    c.teacher.shard_over_fsdp = False
 
     c.student = ml_collections.ConfigDict()
     c.student.num_layers = 6

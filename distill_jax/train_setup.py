@@ -120,6 +120,23 @@ def axis_rules(config) -> tuple:
                  for name, axes in config.logical_axis_rules)
 
 
+def teacher_axis_rules(config, rules: tuple) -> tuple:
+    """The frozen teacher's parameter rules: `rules` without the fsdp mesh axis unless
+    config.teacher.shard_over_fsdp (see its comment in configs/common.py)."""
+    if config.teacher.shard_over_fsdp:
+        return rules
+
+    def drop_fsdp(axes):
+        if axes == "fsdp":
+            return None
+        if isinstance(axes, tuple):
+            kept = tuple(a for a in axes if a != "fsdp")
+            return kept[0] if len(kept) == 1 else (kept or None)
+        return axes
+
+    return tuple((name, axes if name == "batch" else drop_fsdp(axes)) for name, axes in rules)
+
+
 def make_config_mesh(config, devices) -> Mesh:
     """The (data, fsdp, tensor) mesh config.mesh asks for, over `devices` (all of them, or the
     first config.mesh.devices)."""
@@ -281,7 +298,7 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
 
     # 2. Teacher: frozen, cast once to its compute dtype, never checkpointed.
     abstract_teacher = nnx.eval_shape(lambda: models.Encoder(teacher_cfg, rngs=nnx.Rngs(seed)))
-    teacher_shardings = param_shardings(abstract_teacher, mesh, rules)
+    teacher_shardings = param_shardings(abstract_teacher, mesh, teacher_axis_rules(config, rules))
     teacher_graphdef, teacher_params = split_params(abstract_teacher)
     teacher_model = None
     if abstract:

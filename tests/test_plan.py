@@ -136,6 +136,33 @@ def test_attention_auto_takes_the_splash_kernel_on_tpu_per_chip(shapes_only_teac
     assert "tpu_custom_call" not in hlo_xla
 
 
+def test_the_frozen_teacher_is_copied_per_fsdp_group_unless_asked(tmp_path):
+    """config.teacher.shard_over_fsdp=False (the default): the teacher's parameters keep a full copy
+    per fsdp group, so its matmuls need no collective; True shards them like the student's, and the
+    compiled step (v5e-4, data 2 x fsdp 2) gathers them, moving several times the bytes."""
+    _libtpu()
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64}))
+    topo = plan.parse_topology("v5e-4")
+    results = {}
+    for shard in (False, True):
+        config = tiny_recipe(teacher, batch_size=16)
+        config.mesh.data, config.mesh.fsdp = 2, 2
+        config.teacher.shard_over_fsdp = shard
+        results[shard] = plan.plan_config(config, topo)
+    # float32 teacher: embeddings (512 + 64 + 2 rows) + LN, 2 layers, pooler; all of it per chip.
+    h, f = 64, 256
+    teacher_params = (512 + 64 + 2) * h + 2 * h + 2 * (4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h) \
+        + (h * h + h)
+    assert results[False]["per_chip"]["teacher_params"] == 4 * teacher_params
+    assert results[True]["per_chip"]["teacher_params"] < 4 * teacher_params / 1.9
+    moved = {k: sum(c["bytes_per_step"] for c in r["collectives"].values()) for k, r in results.items()}
+    assert moved[True] > 2 * moved[False], moved
+
+
 def test_attention_choices_are_checked_in_one_line(shapes_only_teacher):
     from distill_jax import sharding, train_setup
 
