@@ -196,3 +196,32 @@ def test_the_committed_study_records_stay_resumable_by_this_code():
         # The cpu preset's teacher (all-MiniLM-L6-v2) has no MLM head: OD methods fit one first.
         identity = method_identity(config, method, fitted_head=_needs_teacher_head(config, method))
         assert _digest(identity) == record["fingerprint"], (path.name, identity)
+
+
+def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(tmp_path):
+    from studies import write_docs
+
+    report = tmp_path / "docs" / "study"
+    (report / "records").mkdir(parents=True)
+    (report / "study_results.md").write_text("| model | SST-2 acc |\n|---|---:|\n| x | 70.0 |\n\nDev-set scores ...\n")
+    runs = [{"method": "hs_last", "task": "sst2", "best_score": 70.0, "cpu_s": 60.0, "wall_s": 120.0},
+            {"method": "hs_last", "task": "sst2", "best_score": 71.0, "cpu_s": 180.0, "wall_s": 240.0},
+            {"method": "hs_last", "steps": 2000, "tokens": 4_096_000, "cpu_s": 3600.0, "wall_s": 4500.0,
+             "segments": 2, "fingerprint": "f"},
+            {"method": "none", "steps": 0, "tokens": 0, "cpu_s": 3.0, "wall_s": 4.0, "fingerprint": "g"}]
+    for i, record in enumerate(runs):
+        (report / "records" / f"{i}.json").write_text(json.dumps(record))
+    readme, notes = tmp_path / "README.md", tmp_path / "BUILD_NOTES.md"
+    readme.write_text("intro\n<!-- study-table -->\nold\n<!-- /study-table -->\nafter\n")
+    notes.write_text("a\n<!-- study-cost -->\nold\n<!-- /study-cost -->\nb\n")
+    write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
+    assert readme.read_text() == ("intro\n<!-- study-table -->\n| model | SST-2 acc |\n|---|---:|\n| x | 70.0 |\n\n"
+                                  "![study chart](docs/study/study_results.png)\n<!-- /study-table -->\nafter\n")
+    text = notes.read_text()
+    assert "| hs_last | sst2 | 2 | 2.0 | 3.0 |" in text  # (60 + 180) / 2 s = 2 CPU-min, (120 + 240) / 2 = 3 wall
+    assert "- distillation `hs_last`: 2000 steps, 4.10 M tokens, 60.0 CPU-min over 2 segment(s), 75.0 wall-min." in text
+    assert "`none`" not in text  # a reference row has no distillation
+    assert "- records: 2 fine-tuning runs of 90, 1 distillations of 8.\n<!-- /study-cost -->\nb\n" in text
+    notes.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers <!-- study-cost --> ... <!-- /study-cost --> not found"):
+        write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])

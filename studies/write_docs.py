@@ -1,0 +1,110 @@
+"""Copies the study's results into README.md and BUILD_NOTES.md, between their markers:
+
+    python -m studies.write_docs                      # after the study (or its report_only step)
+    python -m studies.write_docs --report_dir=docs/study --readme=README.md --build_notes=BUILD_NOTES.md
+
+README.md <!-- study-table -->: the results table of <report_dir>/study_results.md (built from the
+records alone by the study's report step) and its chart. BUILD_NOTES.md <!-- study-cost -->: the
+measured cost per method and task (CPU- and wall-minutes per fine-tuning run, each distillation's
+steps, tokens and minutes) and how many records exist, from <report_dir>/records/*.json.
+Nothing else in either file is touched; a missing marker is one error line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+README_MARKERS = ("<!-- study-table -->", "<!-- /study-table -->")
+NOTES_MARKERS = ("<!-- study-cost -->", "<!-- /study-cost -->")
+
+
+def _records(report_dir: str) -> list[dict]:
+    out = []
+    for path in sorted(glob.glob(os.path.join(report_dir, "records", "*.json"))):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def readme_block(report_dir: str, readme_dir: str) -> str:
+    """The results table (the first paragraph of study_results.md) and the chart, linked relative
+    to the README's folder."""
+    with open(os.path.join(report_dir, "study_results.md")) as f:
+        table = f.read().split("\n\n", 1)[0].strip()
+    chart = os.path.relpath(os.path.join(report_dir, "study_results.png"), readme_dir)
+    return f"{table}\n\n![study chart]({chart})"
+
+
+def cost_block(records: list[dict], *, methods: int, runs_total: int) -> str:
+    """Markdown: per (method, task) the mean CPU- and wall-minutes of a fine-tuning run, then one
+    line per distillation and the count of records."""
+    runs = [r for r in records if "best_score" in r]
+    distills = {r["method"]: r for r in records if "best_score" not in r and "steps" in r and "method" in r}
+    by_pair: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_pair.setdefault((r["method"], r["task"]), []).append(r)
+    lines = ["", "| method | task | runs | CPU-min per run | wall-min per run |", "|---|---|---:|---:|---:|"]
+    for (method, task), rs in sorted(by_pair.items()):
+        cpu = sum(r.get("cpu_s", 0.0) for r in rs) / len(rs) / 60
+        wall = sum(r.get("wall_s", 0.0) for r in rs) / len(rs) / 60
+        lines.append(f"| {method} | {task} | {len(rs)} | {cpu:.1f} | {wall:.1f} |")
+    lines.append("")
+    distilled = [m for m in distills if distills[m]["steps"]]
+    for method in distilled:
+        d = distills[method]
+        lines.append(f"- distillation `{method}`: {d['steps']} steps, {d['tokens'] / 1e6:.2f} M tokens, "
+                     f"{d['cpu_s'] / 60:.1f} CPU-min over {d.get('segments', 1)} segment(s), "
+                     f"{d['wall_s'] / 60:.1f} wall-min.")
+    lines.append(f"- records: {len(runs)} fine-tuning runs of {runs_total}, {len(distilled)} distillations "
+                 f"of {methods}.")
+    return "\n".join(lines)
+
+
+def replace_between(text: str, markers: tuple[str, str], block: str, path: str) -> str:
+    start, end = markers
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: markers {start} ... {end} not found; add them where the block goes")
+    pattern = re.escape(start) + r".*?" + re.escape(end)
+    return re.sub(pattern, lambda _: f"{start}\n{block}\n{end}", text, count=1, flags=re.S)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--report_dir", default="docs/study")
+    p.add_argument("--readme", default="README.md")
+    p.add_argument("--build_notes", default="BUILD_NOTES.md")
+    p.add_argument("--preset", default="cpu", help="the study preset (for the totals: methods, runs)")
+    args = p.parse_args(argv)
+    from configs import study
+    from studies.distill_methods import _split
+
+    config = study.get_config(f"preset={args.preset}")
+    methods = [m for m in config.methods if m not in study.REFERENCES]
+    runs_total = (len(config.methods) * len(_split(config.glue.tasks)) * len(_split(config.glue.seeds))
+                  * len(_split(config.glue.learning_rates)))
+    updates = {
+        args.readme: (README_MARKERS, readme_block(args.report_dir, os.path.dirname(os.path.abspath(args.readme)))),
+        args.build_notes: (NOTES_MARKERS, cost_block(_records(args.report_dir), methods=len(methods),
+                                                     runs_total=runs_total)),
+    }
+    for path, (markers, block) in updates.items():
+        with open(path) as f:
+            text = f.read()
+        text = replace_between(text, markers, block, path)
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote {path} ({markers[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
