@@ -112,8 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Attention when no probabilities are needed and no attention dropout applies (the frozen
     # teacher always; the student when student.attention_dropout is 0): 'auto' = the Pallas splash
-    # kernel on TPU and jax.nn.dot_product_attention elsewhere (cuDNN's fused kernel on GPU where it
-    # applies); or 'xla', 'cudnn', 'splash' to force one (distill_jax/models/attention.py).
+    # kernel on TPU, cuDNN's fused attention on GPU for bf16/fp16 models, XLA's otherwise
+    # (train_setup.resolve_attention_impl); or 'xla', 'cudnn', 'splash' to force one.
     c.attention_impl = "auto"
 
     c.log_every = 100             # steps between console lines / TensorBoard points (and NaN checks)

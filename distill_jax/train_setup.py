@@ -85,19 +85,26 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
 ATTENTION_CHOICES = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 
 
-def resolve_attention_impl(choice: str, mesh: Mesh) -> str | None:
-    """config.attention_impl -> EncoderConfig.attention_impl for the devices of `mesh`.
+def resolve_attention_impl(choice: str, platform: str, dtype: str, head_dim: int) -> str | None:
+    """config.attention_impl -> EncoderConfig.attention_impl for one model on `platform` ('tpu',
+    'gpu', 'cpu') with compute `dtype` and `head_dim`.
 
-    'auto': 'splash' (the Pallas kernel; nothing [S, S]-sized kept) on TPU; None elsewhere, i.e.
-    jax.nn.dot_product_attention picks: cuDNN's fused kernel on GPU where it applies, XLA on CPU.
-    The encoder still takes its explicit path where probabilities or attention dropout are needed.
+    'auto': 'splash' (the Pallas kernel; nothing [S, S]-sized kept) on TPU; 'cudnn' (cuDNN's fused
+    attention through jax.nn.dot_product_attention) on GPU where cuDNN takes it: bf16/fp16
+    compute and a head size that is a multiple of 8 up to 128; otherwise None, XLA's attention
+    (jax.nn.dot_product_attention's default, which never picks cuDNN by itself). The encoder still
+    takes its explicit path where probabilities or attention dropout are needed.
     """
-    platform = mesh.devices.flat[0].platform
     if choice == "auto":
-        return "splash" if platform == "tpu" else None
+        if platform == "tpu":
+            return "splash"
+        cudnn_ok = dtype in ("bfloat16", "float16") and head_dim % 8 == 0 and head_dim <= 128
+        return "cudnn" if platform == "gpu" and cudnn_ok else None
     if choice == "splash" and platform != "tpu":
         raise ValueError(f"config.attention_impl='splash' needs TPU devices (these are {platform}); "
                          "use 'auto' (or 'splash_interpret' to run the kernel in the interpreter)")
+    if choice == "cudnn" and platform != "gpu":
+        raise ValueError(f"config.attention_impl='cudnn' needs NVIDIA GPUs (these are {platform}); use 'auto'")
     return None if choice == "xla" else choice
 
 
@@ -290,10 +297,14 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
             f"frozen teacher with `python main.py --config=configs/fit_mlm_head.py --config.teacher.name="
             f"{config.teacher.name} --workdir=DIR`, then pass --config.teacher.name=DIR/export")
     tx, lr_schedule = optim.make_optimizer(config.optim, config.total_steps)
-    attention_impl = resolve_attention_impl(config.attention_impl, mesh)
-    teacher_cfg = teacher_encoder_config(config, teacher_hf, source=teacher_source,
-                                         with_mlm_head=objective.needs_teacher_mlm_head,
-                                         attention_impl=attention_impl)
+    platform = mesh.devices.flat[0].platform
+    teacher_cfg = teacher_encoder_config(
+        config, teacher_hf, source=teacher_source, with_mlm_head=objective.needs_teacher_mlm_head,
+        attention_impl=resolve_attention_impl(config.attention_impl, platform, config.teacher.dtype,
+                                              shape_only.head_dim))
+    student_attention = resolve_attention_impl(
+        config.attention_impl, platform, config.student.dtype,
+        int(config.student.hidden_size) // int(config.student.num_heads))
     repl = sharding.replicated(mesh)
 
     # 2. Teacher: frozen, cast once to its compute dtype, never checkpointed.
@@ -324,7 +335,7 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
         with_mlm_head=objective.needs_mlm_head,
         hidden_dropout=float(config.student.hidden_dropout),
         attention_dropout=float(config.student.attention_dropout),
-        remat=bool(config.student.remat), attention_impl=attention_impl)
+        remat=bool(config.student.remat), attention_impl=student_attention)
     if config.student.init == "teacher":
         # The copy itself needs real teacher weights; for shapes, a random-init student is the same.
         copy_from = None if abstract else _float32_teacher(

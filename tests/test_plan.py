@@ -164,16 +164,24 @@ def test_the_frozen_teacher_is_copied_per_fsdp_group_unless_asked(tmp_path):
 
 
 def test_attention_choices_are_checked_in_one_line(shapes_only_teacher):
-    from distill_jax import sharding, train_setup
+    from distill_jax import train_setup
 
     config = tiny_recipe(shapes_only_teacher)
     config.attention_impl = "flash"
     with pytest.raises(ValueError, match=r"^config.attention_impl='flash': use one of 'auto', 'xla'"):
         train_setup.check_config(config)
-    cpu_mesh = sharding.make_mesh(data=1, devices=__import__("jax").devices()[:1])
-    assert train_setup.resolve_attention_impl("auto", cpu_mesh) is None
+    resolve = train_setup.resolve_attention_impl
+    assert resolve("auto", "tpu", "float32", 32) == "splash"
+    assert resolve("auto", "cpu", "bfloat16", 64) is None
+    # cuDNN's fused attention takes bf16/fp16 and head sizes that are multiples of 8 up to 128.
+    assert resolve("auto", "gpu", "bfloat16", 64) == "cudnn"
+    assert resolve("auto", "gpu", "float32", 64) is None
+    assert resolve("auto", "gpu", "bfloat16", 256) is None
+    assert resolve("xla", "tpu", "bfloat16", 64) is None
     with pytest.raises(ValueError, match=r"config.attention_impl='splash' needs TPU devices \(these are cpu\)"):
-        train_setup.resolve_attention_impl("splash", cpu_mesh)
+        resolve("splash", "cpu", "float32", 64)
+    with pytest.raises(ValueError, match=r"config.attention_impl='cudnn' needs NVIDIA GPUs \(these are tpu\)"):
+        resolve("cudnn", "tpu", "bfloat16", 64)
 
 
 @pytest.mark.slow  # ~100 s on 2 loaded cores: the fitting 2-microbatch step is a big compile
