@@ -64,11 +64,12 @@ def main(argv=None) -> None:
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from distill_jax import plan
-    from distill_jax.stack_limit import raise_stack_limit
+    from distill_jax import stack_limit
 
     plan.compile_only_environment()
-    raise_stack_limit()  # remat variants overflow libtpu's compile at the default 8 MiB stack
     topo = plan.parse_topology(args.topology)
+    if stack_limit.needs_hard_stack_limit(any(VARIANTS[n].get("student.remat") for n in names), topo.platform == "tpu"):
+        stack_limit.reexec_with_hard_stack_limit()
     if topo.platform == "cpu":
         import jax
 

@@ -165,8 +165,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import logging
 
-    from distill_jax import distributed
+    from distill_jax import distributed, stack_limit
 
+    student = FLAGS.config.get("student") or {}
+    if stack_limit.needs_hard_stack_limit(bool(student.get("remat", False))):
+        stack_limit.reexec_with_hard_stack_limit()  # before jax starts: a restart re-reads the flags
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
@@ -200,10 +203,6 @@ def run(argv: list[str] | None = None) -> None:
     """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
     missing teacher, NaN) and for a lost peer process (exit 75)."""
     from distill_jax.distributed import PeerLost, exit_peer_lost
-    from distill_jax.stack_limit import raise_stack_limit
-
-    raise_stack_limit()  # on TPU, libtpu's compile of a remat step needs more than 8 MiB of stack
-
     def entry():
         try:
             app.run(main, argv=argv if argv is not None else sys.argv, flags_parser=_parse_flags)

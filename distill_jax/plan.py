@@ -634,6 +634,10 @@ def main(argv=None) -> int:
         raise ValueError("--config=configs/<recipe>.py and --topology=<v5e-16 | v4-32 | cpu:8 ...> "
                          "are both required")
     topo = parse_topology(fv.topology)
+    from distill_jax import stack_limit
+
+    if stack_limit.needs_hard_stack_limit(bool(fv.config.student.remat) or fv.search, topo.platform == "tpu"):
+        stack_limit.reexec_with_hard_stack_limit()  # --search tries remat too
     if topo.platform == "cpu":
         import jax
 
@@ -659,9 +663,6 @@ def _run() -> None:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     compile_only_environment()
     from distill_jax.cli import run_with_one_line_errors
-    from distill_jax.stack_limit import raise_stack_limit
-
-    raise_stack_limit()  # libtpu's compile of a remat step needs more than 8 MiB of stack
 
     run_with_one_line_errors(main)
 
