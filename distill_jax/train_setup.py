@@ -85,11 +85,14 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
 ATTENTION_CHOICES = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 
 
-def resolve_attention_impl(choice: str, platform: str, dtype: str, head_dim: int) -> str | None:
+def resolve_attention_impl(choice: str, platform: str, dtype: str, head_dim: int,
+                           seq_len: int) -> str | None:
     """config.attention_impl -> EncoderConfig.attention_impl for one model on `platform` ('tpu',
-    'gpu', 'cpu') with compute `dtype` and `head_dim`.
+    'gpu', 'cpu') with compute `dtype`, `head_dim` and sequences of `seq_len` tokens.
 
-    'auto': 'splash' (the Pallas kernel; nothing [S, S]-sized kept) on TPU; 'cudnn' (cuDNN's fused
+    'auto': 'splash' (the Pallas kernel; nothing [S, S]-sized kept) on TPU when 128 (its tile)
+    divides seq_len (shorter or ragged sequences would be padded to the tile, which costs more than
+    the [S, S] probabilities it saves: measured on a seq-64 step); 'cudnn' (cuDNN's fused
     attention through jax.nn.dot_product_attention) on GPU where cuDNN takes it: bf16/fp16
     compute and a head size that is a multiple of 8 up to 128; otherwise None, XLA's attention
     (jax.nn.dot_product_attention's default, which never picks cuDNN by itself). The encoder still
@@ -97,7 +100,9 @@ def resolve_attention_impl(choice: str, platform: str, dtype: str, head_dim: int
     """
     if choice == "auto":
         if platform == "tpu":
-            return "splash"
+            from distill_jax.models.attention import BLOCK
+
+            return "splash" if seq_len % BLOCK == 0 else None
         cudnn_ok = dtype in ("bfloat16", "float16") and head_dim % 8 == 0 and head_dim <= 128
         return "cudnn" if platform == "gpu" and cudnn_ok else None
     if choice == "splash" and platform != "tpu":
@@ -301,10 +306,10 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
     teacher_cfg = teacher_encoder_config(
         config, teacher_hf, source=teacher_source, with_mlm_head=objective.needs_teacher_mlm_head,
         attention_impl=resolve_attention_impl(config.attention_impl, platform, config.teacher.dtype,
-                                              shape_only.head_dim))
+                                              shape_only.head_dim, int(config.data.seq_len)))
     student_attention = resolve_attention_impl(
         config.attention_impl, platform, config.student.dtype,
-        int(config.student.hidden_size) // int(config.student.num_heads))
+        int(config.student.hidden_size) // int(config.student.num_heads), int(config.data.seq_len))
     repl = sharding.replicated(mesh)
 
     # 2. Teacher: frozen, cast once to its compute dtype, never checkpointed.

@@ -103,17 +103,24 @@ def test_tiny_recipe_on_v5e_4_from_config_json_alone(shapes_only_teacher):
     assert result["flops_per_step"] > 0 and result["step_s_at_peak"] > 0
 
 
-def test_attention_auto_takes_the_splash_kernel_on_tpu_per_chip(shapes_only_teacher):
-    """config.attention_impl='auto' (the default): on a TPU mesh the frozen teacher runs the Pallas
-    splash kernel inside a shard_map over the batch axes (one custom call per chip, no batch
-    gathered), the student too once its attention dropout is 0; 'xla' keeps XLA's attention."""
+def test_attention_auto_takes_the_splash_kernel_on_tpu_per_chip(tmp_path):
+    """config.attention_impl='auto' (the default): on a TPU mesh, for sequences the kernel's
+    128-token tile divides, the frozen teacher runs the Pallas splash kernel inside a shard_map over
+    the batch axes (one custom call per chip, no batch gathered), the student too once its attention
+    dropout is 0; 'xla' keeps XLA's attention, and so does 'auto' for 64-token sequences."""
     _libtpu()
     from distill_jax import train_setup
 
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}))
     devices = plan.topology_devices(plan.parse_topology("v5e-4"))
 
     def build(**changes):
-        config = tiny_recipe(shapes_only_teacher)
+        config = tiny_recipe(teacher)
+        config.data.seq_len = 128
         for field, value in changes.items():
             section, _, name = field.rpartition(".")
             (config[section] if section else config)[name] = value
@@ -134,6 +141,9 @@ def test_attention_auto_takes_the_splash_kernel_on_tpu_per_chip(shapes_only_teac
     xla, hlo_xla = build(attention_impl="xla")
     assert xla.attention_paths()["teacher"] == "jax.nn.dot_product_attention"
     assert "tpu_custom_call" not in hlo_xla
+    short, hlo_short = build(**{"data.seq_len": 64})
+    assert short.attention_paths()["teacher"] == "jax.nn.dot_product_attention"
+    assert "tpu_custom_call" not in hlo_short
 
 
 def test_the_frozen_teacher_is_copied_per_fsdp_group_unless_asked(tmp_path):
@@ -171,17 +181,18 @@ def test_attention_choices_are_checked_in_one_line(shapes_only_teacher):
     with pytest.raises(ValueError, match=r"^config.attention_impl='flash': use one of 'auto', 'xla'"):
         train_setup.check_config(config)
     resolve = train_setup.resolve_attention_impl
-    assert resolve("auto", "tpu", "float32", 32) == "splash"
-    assert resolve("auto", "cpu", "bfloat16", 64) is None
+    assert resolve("auto", "tpu", "float32", 32, 512) == "splash"
+    assert resolve("auto", "tpu", "float32", 32, 64) is None  # padded to the 128-token tile: XLA's
+    assert resolve("auto", "cpu", "bfloat16", 64, 512) is None
     # cuDNN's fused attention takes bf16/fp16 and head sizes that are multiples of 8 up to 128.
-    assert resolve("auto", "gpu", "bfloat16", 64) == "cudnn"
-    assert resolve("auto", "gpu", "float32", 64) is None
-    assert resolve("auto", "gpu", "bfloat16", 256) is None
-    assert resolve("xla", "tpu", "bfloat16", 64) is None
+    assert resolve("auto", "gpu", "bfloat16", 64, 512) == "cudnn"
+    assert resolve("auto", "gpu", "float32", 64, 512) is None
+    assert resolve("auto", "gpu", "bfloat16", 256, 512) is None
+    assert resolve("xla", "tpu", "bfloat16", 64, 512) is None
     with pytest.raises(ValueError, match=r"config.attention_impl='splash' needs TPU devices \(these are cpu\)"):
-        resolve("splash", "cpu", "float32", 64)
+        resolve("splash", "cpu", "float32", 64, 512)
     with pytest.raises(ValueError, match=r"config.attention_impl='cudnn' needs NVIDIA GPUs \(these are tpu\)"):
-        resolve("cudnn", "tpu", "bfloat16", 64)
+        resolve("cudnn", "tpu", "bfloat16", 64, 512)
 
 
 @pytest.mark.slow  # ~100 s on 2 loaded cores: the fitting 2-microbatch step is a big compile
