@@ -436,8 +436,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total = sum(len(task_names) * len(config.glue.seeds) * len(config.glue.learning_rates) for _ in methods)
     progress = {"done": total - sum(len(v) for v in todo.values()), "total": total}
     log(f"preset {config.preset}: {len(methods)} methods x {len(task_names)} tasks x "
-        f"{len(config.glue.seeds)} seeds x {len(config.glue.learning_rates)} lr; {progress['done']}/{total} "
-        f"records already done; workdir {workdir}; records {records_dir}")
+        f"{len(config.glue.seeds)} seeds x {len(config.glue.learning_rates)} lr; "
+        + (f"{total} runs (dry run: finished records are not checked, no data is read)" if config.dry_run
+           else f"{progress['done']}/{total} records already done")
+        + f"; workdir {workdir}; records {records_dir}")
     if config.dry_run:
         _print_plan(config, methods, todo, fingerprints)
         return {"plan": {m: len(v) for m, v in todo.items()}}

@@ -177,7 +177,7 @@ def test_the_committed_study_records_stay_resumable_by_this_code():
     since (an operational one left out of _OPERATIONAL_FIELDS, a changed default) would change the
     methods' fingerprints, and the README's command would then refuse the study's own workdir or
     redo every finished run. Each distillation record's fingerprint is recomputed from the
-    shipped cpu preset."""
+    shipped cpu preset, and every fine-tuning record must be one the driver skips."""
     import importlib.util
 
     from studies.distill_methods import _digest, _needs_teacher_head, method_identity
@@ -196,6 +196,18 @@ def test_the_committed_study_records_stay_resumable_by_this_code():
         # The cpu preset's teacher (all-MiniLM-L6-v2) has no MLM head: OD methods fit one first.
         identity = method_identity(config, method, fitted_head=_needs_teacher_head(config, method))
         assert _digest(identity) == record["fingerprint"], (path.name, identity)
+    # Every committed fine-tuning record is one this code skips (its run fingerprint matches: same
+    # recipe, training rows of the real GLUE files, lr, seed, and the method's fingerprint).
+    from studies.distill_methods import _Tasks, _missing_runs, _record_path
+
+    tasks = _Tasks(config.glue)
+    records_dir = str(repo / "docs" / "study" / "records")
+    for method in config.methods:
+        fingerprint = _digest(method_identity(config, method, fitted_head=_needs_teacher_head(config, method)))
+        missing = {_record_path(records_dir, method, task, lr, seed)
+                   for task, lr, seed, _ in _missing_runs(config, method, fingerprint, records_dir, tasks)}
+        committed = {str(p) for p in (repo / "docs" / "study" / "records").glob(f"{method}__*.json")}
+        assert not committed & missing, sorted(committed & missing)
 
 
 def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(tmp_path):
