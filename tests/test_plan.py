@@ -26,14 +26,21 @@ def _libtpu():
         pytest.skip('libtpu is not installed (pip install "libtpu==0.0.42.*")')
 
 
+def write_bert_shapes(out: Path, hidden_size: int = 32, intermediate_size: int = 64,
+                      max_position_embeddings: int = 64) -> Path:
+    """A 2-layer, 4-head BERT of this width as nothing but a config.json in `out` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 512, "hidden_size": hidden_size, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings}))
+    return out
+
+
 @pytest.fixture(scope="module")
 def shapes_only_teacher(tmp_path_factory) -> Path:
     """A teacher that is nothing but a config.json (no weights, no tokenizer): all a plan needs."""
-    out = tmp_path_factory.mktemp("shapes_only_teacher")
-    (out / "config.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64}))
-    return out
+    return write_bert_shapes(tmp_path_factory.mktemp("shapes_only_teacher"))
 
 
 def tiny_recipe(teacher: Path, batch_size: int = 8):
@@ -111,11 +118,7 @@ def test_attention_auto_takes_the_splash_kernel_on_tpu_per_chip(tmp_path):
     _libtpu()
     from distill_jax import train_setup
 
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    (teacher / "config.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}))
+    teacher = write_bert_shapes(tmp_path / "teacher", max_position_embeddings=128)
     devices = plan.topology_devices(plan.parse_topology("v5e-4"))
 
     def build(**changes):
@@ -151,11 +154,7 @@ def test_the_frozen_teacher_is_copied_per_fsdp_group_unless_asked(tmp_path):
     per fsdp group, so its matmuls need no collective; True shards them like the student's, and the
     compiled step (v5e-4, data 2 x fsdp 2) gathers them, moving several times the bytes."""
     _libtpu()
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    (teacher / "config.json").write_text(json.dumps({
-        "model_type": "bert", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64}))
+    teacher = write_bert_shapes(tmp_path / "teacher", hidden_size=64, intermediate_size=256)
     topo = plan.parse_topology("v5e-4")
     results = {}
     for shard in (False, True):
