@@ -158,6 +158,9 @@ class Checkpointer:
     """Periodic, async, keep-last-K checkpoints of (train state, data position, meta)."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+        # Before any read this object can start: _check_fits's metadata read fails on a damaged
+        # file too, and its stragglers can post to the closed loop before restore() is reached.
+        _install_late_callback_filter()
         self.directory = _local_path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
@@ -220,7 +223,6 @@ class Checkpointer:
         for step in steps:
             self._check_fits(step, abstract_state)
             restored, error = None, None
-            _install_late_callback_filter()  # a failing read's stragglers must print nothing
             try:
                 restored = self.restore(step, abstract_state)
             except CheckpointMismatch:

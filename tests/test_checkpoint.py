@@ -3,6 +3,7 @@ different sharding, async saves awaited, and damaged checkpoints: moved aside wi
 the next older one restored; none restorable or one that does not fit the run: one clear error."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -240,3 +241,43 @@ def test_reads_left_behind_by_a_damaged_checkpoint_log_nothing(tmp_path):
     finally:
         logger.removeHandler(handler)
     assert seen == ["an unrelated asyncio error"]
+
+
+LATE_CALLBACK = """
+import asyncio, sys
+import tensorstore as ts
+if sys.argv[1] == "checkpointer":
+    from distill_jax.checkpoint import Checkpointer
+    Checkpointer(sys.argv[2])  # a run makes one before its first read (metadata or arrays)
+promise, future = ts.Promise.new()
+
+async def wait():
+    await future
+
+loop = asyncio.new_event_loop()
+loop.create_task(wait())
+loop.run_until_complete(asyncio.sleep(0.01))
+loop.close()  # as orbax's restore does when its first read fails
+promise.set_result(1)  # a read left in flight finishes: tensorstore posts to the closed loop
+import time; time.sleep(0.5)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("made", ["checkpointer", "nothing"])
+def test_a_read_finishing_after_its_loop_closed_prints_nothing_once_a_checkpointer_exists(made, tmp_path):
+    """The other straggler of a damaged checkpoint, made deterministic with a real tensorstore
+    future: a read finishing after orbax closed its event loop makes asyncio raise 'Event loop is
+    closed' on tensorstore's thread, which prints a traceback. Making a Checkpointer installs the
+    filter first (a failing metadata read in _check_fits leaves such reads too, before restore);
+    without one the traceback prints, so the check can fail."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", LATE_CALLBACK, made, str(tmp_path / "ckpt")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+    printed = "RuntimeError: Event loop is closed" in proc.stderr
+    assert printed == (made == "nothing"), proc.stderr[-2000:]
