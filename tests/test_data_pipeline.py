@@ -4,6 +4,7 @@ lossless, process shares partition the epoch, resumption is exact, MLM statistic
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -247,3 +248,42 @@ def test_masking_depends_only_on_seed_step_row(tokenizer, cache_dir):
     other_seed = next(_iterator(tokenizer, cache_dir, b=8, seed=6, mlm=mlm, shuffle=False))
     same_seed = next(_iterator(tokenizer, cache_dir, b=8, seed=5, mlm=mlm, shuffle=False))
     assert not np.array_equal(other_seed["mlm_positions"], same_seed["mlm_positions"])
+
+
+def test_resume_survives_a_corpus_copied_anew_but_not_a_changed_one(tokenizer, tmp_path, capsys):
+    """The corpus files re-copied (same bytes, new modification times: a new cache key, as a work
+    tree laid anew or a new VM gives) resume at the saved position, with one line saying why;
+    a state saved before the tokens' sha256 was stored is compared through its old cache entry;
+    a corpus whose text changed is refused, naming the cause."""
+    docs = [d for _, d in zip(range(12), iter_builtin_documents())]
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(docs) + "\n")
+    cache = str(tmp_path / "cache")
+
+    def iterator():
+        cfg = _cfg(source="text", paths=str(text), max_documents=0)
+        return build_train_iterator(cfg, tokenizer, per_host_batch_size=8, process_index=0,
+                                    process_count=1, seed=5, cache_dir=cache)
+
+    first = iterator()
+    for _ in range(3):
+        next(first)
+    state = json.loads(json.dumps(first.get_state()))
+    expected = next(first)["input_ids"]
+    stat = text.stat()
+    os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, touched
+    capsys.readouterr()
+    for saved in (state, {k: v for k, v in state.items() if k != "corpus_sha256"}):
+        resumed = iterator()
+        assert resumed.corpus.key != state["corpus_key"]
+        resumed.set_state(saved)
+        np.testing.assert_array_equal(next(resumed)["input_ids"], expected)
+        assert "packed tokens are the same" in capsys.readouterr().out
+    text.write_text("\n\n".join(docs[:-1]) + "\n")  # one document fewer
+    with pytest.raises(ValueError, match="other packed tokens .* the data files or the tokenizer changed"):
+        iterator().set_state(state)
+    # Without the sha256 and without the old cache entry there is nothing to compare: refused.
+    old = [p for p in os.listdir(cache) if p.endswith(state["corpus_key"][:16])]
+    shutil.rmtree(os.path.join(cache, old[0]))
+    with pytest.raises(ValueError, match="not in the cache to compare tokens"):
+        iterator().set_state({k: v for k, v in state.items() if k != "corpus_sha256"})

@@ -88,6 +88,35 @@ class PackedCorpus:
     def all_blocks(self) -> np.ndarray:
         return np.concatenate([np.asarray(s) for s in self.shards]).astype(np.int32)
 
+    @property
+    def content_sha256(self) -> str:
+        """sha256 of the packed token ids (hex): equal exactly when every row is the same block,
+        whatever the cache key (which also covers file sizes and times). Stored at build time;
+        caches built before it existed hash their shards once, here (about 1 GB/s)."""
+        if "content_sha256" not in self.meta:
+            self.meta["content_sha256"] = content_digest(self.shards, self.meta)
+        return self.meta["content_sha256"]
+
+
+def content_digest(shards: list[np.ndarray], meta: dict) -> str:
+    """sha256 over the framing (seq_len, last block length, dtype) and every shard's ids in order."""
+    digest = hashlib.sha256(f"{meta['seq_len']}:{meta['last_block_length']}:{meta['dtype']}".encode())
+    for shard in shards:
+        for start in range(0, len(shard), 65536):  # bounded memory for large memmapped shards
+            digest.update(np.ascontiguousarray(shard[start:start + 65536]).tobytes())
+    return digest.hexdigest()
+
+
+def find_cached(cache_dir: str, key: str, special: SpecialTokens) -> PackedCorpus | None:
+    """The corpus cached under this full key in cache_dir, if it is still there."""
+    for name in sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []:
+        path = os.path.join(cache_dir, name)
+        if name.endswith(f"-{key[:16]}") and os.path.exists(os.path.join(path, _META)):
+            corpus = _open(path, special)
+            if corpus.key == key:
+                return corpus
+    return None
+
 
 def _open(path: str, special: SpecialTokens) -> PackedCorpus:
     with open(os.path.join(path, _META)) as f:
@@ -164,6 +193,9 @@ def _build(source: Source, tokenizer, seq_len: int, max_documents: int, out_dir:
         "replaced_invalid_utf8": source.replaced_chars, "source": source.fingerprint(),
         "tokenizer": getattr(tokenizer, "name_or_path", ""), "build_seconds": round(seconds, 3),
     }
+    meta["content_sha256"] = content_digest(
+        [np.load(os.path.join(out_dir, name), mmap_mode="r", allow_pickle=False) for name in shard_files],
+        meta)
     with open(os.path.join(out_dir, _META), "w") as f:
         json.dump(meta, f, indent=1)
     _log(f"tokenized {packer.documents} documents, {text_tokens:,} tokens -> {num_blocks} blocks "

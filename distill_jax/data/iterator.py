@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import threading
 from typing import Any
 
 import numpy as np
 
-from distill_jax.data.cache import PackedCorpus
+from distill_jax.data.cache import PackedCorpus, find_cached
 from distill_jax.data.config import MlmConfig
 from distill_jax.data.masking import mask_batch
 from distill_jax.data.packing import attention_mask_from_lengths, segment_ids_from_ids
@@ -93,22 +94,48 @@ class BatchIterator:
         return {"version": STATE_VERSION, "epoch": self._epoch, "step_in_epoch": self._step_in_epoch,
                 "global_step": self.global_step, "seed": self.seed,
                 "global_batch_size": self.global_batch_size, "corpus_key": self.corpus.key,
-                "num_blocks": self.corpus.num_blocks}
+                "corpus_sha256": self.corpus.content_sha256, "num_blocks": self.corpus.num_blocks}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Resumes at a position saved by get_state (any process count with the same global batch)."""
-        expected = {"seed": self.seed, "global_batch_size": self.global_batch_size,
-                    "corpus_key": self.corpus.key}
+        """Resumes at a position saved by get_state (any process count with the same global batch).
+
+        The corpus must hold the same packed tokens. Its cache key also covers the files' sizes and
+        modification times, so a corpus copied or re-extracted since the checkpoint has a new key:
+        that resumes when the tokens' sha256 matches (states from before the sha256 was saved are
+        compared through the old cache entry, when it is still in the cache directory)."""
+        expected = {"seed": self.seed, "global_batch_size": self.global_batch_size}
         for name, value in expected.items():
             if state.get(name) != value:
                 raise ValueError(
                     f"data iterator state was saved with {name}={state.get(name)!r} but this run has "
                     f"{value!r}: resume with the same data config, seed and global batch size")
+        if state.get("corpus_key") != self.corpus.key:
+            self._check_same_tokens(state)
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
         if not 0 <= step <= self.steps_per_epoch:
             raise ValueError(f"data iterator state step_in_epoch={step} outside [0, {self.steps_per_epoch}]")
         self._drop_prefetched()
         self._epoch, self._step_in_epoch = epoch, step
+
+    def _check_same_tokens(self, state: dict[str, Any]) -> None:
+        saved_key, saved_sha = state.get("corpus_key"), state.get("corpus_sha256")
+        if saved_sha is None and saved_key:
+            old = find_cached(os.path.dirname(self.corpus.path), saved_key, self.corpus.special)
+            saved_sha = old.content_sha256 if old is not None else None
+        if saved_sha is None:
+            raise ValueError(
+                f"data iterator state was saved with corpus_key={saved_key!r}, this run's corpus has "
+                f"{self.corpus.key!r}, and the checkpoint's corpus is not in the cache to compare "
+                f"tokens: resume with the same data files and tokenizer, or start a fresh --workdir")
+        if saved_sha != self.corpus.content_sha256:
+            raise ValueError(
+                f"data iterator state was saved on other packed tokens (sha256 {saved_sha[:16]}, this "
+                f"corpus {self.corpus.content_sha256[:16]}): the data files or the tokenizer changed; "
+                f"resume with the same data, or start a fresh --workdir")
+        print(f"[distill_jax.data] the corpus's cache key changed since the checkpoint (its files "
+              f"were copied or touched: {str(saved_key)[:16]} -> {self.corpus.key[:16]}) but its packed "
+              f"tokens are the same (sha256 {saved_sha[:16]}): resuming at the same position",
+              flush=True)
 
     # ---- iteration ---------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:
