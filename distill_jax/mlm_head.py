@@ -134,6 +134,15 @@ def check_config(config) -> None:
         raise ValueError(f"config.max_eval_batches={config.max_eval_batches}: must be >= 0 (0 = all)")
 
 
+def finished_fit(workdir: str) -> dict | None:
+    """The fit record of a head fitted and exported in workdir, else None (not fitted or not done)."""
+    record_path = os.path.join(workdir, "fit_record.json")
+    if not (os.path.isfile(record_path) and os.path.isfile(os.path.join(workdir, "export", "config.json"))):
+        return None
+    with open(record_path) as f:
+        return json.load(f)
+
+
 def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Fits the MLM head of config.teacher.name (frozen) and exports teacher + head to workdir/export.
 
@@ -146,10 +155,10 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config = ml_collections.ConfigDict(config)
     workdir = os.path.abspath(workdir)
     record_path = os.path.join(workdir, "fit_record.json")
-    if os.path.isfile(record_path) and os.path.isfile(os.path.join(workdir, "export", "config.json")):
+    done = finished_fit(workdir)
+    if done is not None:
         log(f"already fitted: {record_path} (delete the workdir to fit again)")
-        with open(record_path) as f:
-            return json.load(f)
+        return done
     check_config(config)
     try:
         teacher_dir = str(models.resolve_model_dir(config.teacher.name))

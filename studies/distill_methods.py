@@ -218,7 +218,7 @@ def _read_json(path: str) -> dict | None:
 
 def _fit_head(config, workdir: str, records_dir: str) -> str:
     """Fits the teacher's MLM head once (resumable); returns the teacher-with-head directory."""
-    from distill_jax.mlm_head import fit_mlm_head
+    from distill_jax.mlm_head import finished_fit, fit_mlm_head
 
     fit_dir = os.path.join(workdir, "mlm_head")
     fit_cfg = ml_collections.ConfigDict(config.fit_head.to_dict())
@@ -230,6 +230,11 @@ def _fit_head(config, workdir: str, records_dir: str) -> str:
         raise ValueError(f"{fit_dir} holds a head fitted with another config.fit_head; use a new --workdir or "
                          "delete that folder")
     _write_json(os.path.join(fit_dir, "study_fit.json"), {"fingerprint": fingerprint})
+    record_path = os.path.join(records_dir, "mlm_head_fit.json")
+    if finished_fit(fit_dir) is not None and os.path.isfile(record_path):
+        # A rerun for OD's remaining runs: the head's cost and record stay as they were.
+        log(f"the MLM head is already fitted ({fit_dir}); its record {record_path} stands")
+        return os.path.join(fit_dir, "export")
     log(f"fitting the MLM head of {config.teacher_name} (frozen) for OD in {fit_dir}")
     with Stage() as stage:
         record = fit_mlm_head(fit_cfg, fit_dir)
@@ -237,7 +242,7 @@ def _fit_head(config, workdir: str, records_dir: str) -> str:
     summary = {k: v for k, v in record.items() if k != "history"} | {
         "loss_curve": record.get("history", []),
         "cpu_s_all_segments": _ledger_sum(workdir, "mlm_head", "fit")["cpu_s"]}
-    _write_json(os.path.join(records_dir, "mlm_head_fit.json"), _portable_record(summary))
+    _write_json(record_path, _portable_record(summary))
     curve = os.path.join(fit_dir, "loss_curves.png")
     if os.path.isfile(curve):   # the fit's loss curve beside the table
         shutil.copyfile(curve, os.path.join(os.path.dirname(records_dir), "mlm_head_fit.png"))

@@ -127,6 +127,17 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
     assert log.count("every record done, skipped") == 4 and "distilling" not in log
     assert _mtimes(records) == before
 
+    # 3b. One OD run lost: the rerun redoes only it, and leaves the head fit's record alone.
+    (records / "od__sst2__lr0.001__seed1.json").unlink()
+    run_study(config, str(workdir))
+    log = capsys.readouterr().out
+    assert "fitting the MLM head" not in log and "distilling" not in log
+    after = _mtimes(records)
+    assert after.pop("od__sst2__lr0.001__seed1.json") and after == {
+        k: v for k, v in before.items() if k != "od__sst2__lr0.001__seed1.json"}
+    before = _mtimes(records)
+    table = (report_dir / "study_results.md").read_text()  # the redone run's CPU time counts
+
     # 4. Without the heavy workdir (a new machine), the committed records still suffice.
     shutil.rmtree(workdir)
     run_study(config, str(workdir))
