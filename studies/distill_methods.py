@@ -186,7 +186,7 @@ def _ledger_add(workdir: str, entry: dict) -> None:
 
 
 def _ledger_sum(workdir: str, method: str, stage: str) -> dict:
-    total = {"cpu_s": 0.0, "wall_s": 0.0, "segments": 0}
+    total = {"cpu_s": 0.0, "wall_s": 0.0, "segments": 0, "steps": 0}
     path = os.path.join(workdir, "cpu_ledger.jsonl")
     if os.path.isfile(path):
         for line in open(path):
@@ -195,6 +195,7 @@ def _ledger_sum(workdir: str, method: str, stage: str) -> dict:
                 total["cpu_s"] += entry["cpu_s"]
                 total["wall_s"] += entry["wall_s"]
                 total["segments"] += 1
+                total["steps"] += int(entry.get("steps", 0))
     return total
 
 
@@ -282,6 +283,9 @@ def _distil(config, method: str, workdir: str, teacher_dir: str, fingerprint: st
             "teacher": config.teacher_name, "steps": s["steps"]["final"], "tokens": tokens,
             "loss_first_logged": s["loss_first_logged"], "loss_last_logged": s["loss_last_logged"],
             "cpu_s": spent["cpu_s"], "wall_s": spent["wall_s"], "segments": spent["segments"],
+            # Steps whose process lived to write its ledger entry: a process killed outright (a
+            # session's end) trained steps whose seconds were never recorded.
+            "cpu_timed_steps": spent["steps"],
             "train_loop_s": s["times_s"]["train_loop_all_runs"], "throughput": s["throughput"],
             "export_dir": os.path.join(run_dir, "export"), "devices": s["devices"]}
 
@@ -561,6 +565,13 @@ def _majority_rows(config, task_names) -> dict:
     return out
 
 
+def _per_all_steps(record: dict, field: str) -> float:
+    """Seconds for all of a distillation's steps: measured, or scaled up from the steps that were
+    timed when a killed process left some untimed (cpu_timed_steps < steps)."""
+    seconds, timed, steps = record.get(field, 0.0), record.get("cpu_timed_steps", 0), record.get("steps", 0)
+    return seconds * steps / timed if 0 < timed < steps else seconds
+
+
 def _compute_table(config, runs, distill, head_fit) -> list[dict]:
     rows = []
     for method in config.methods:
@@ -570,7 +581,10 @@ def _compute_table(config, runs, distill, head_fit) -> list[dict]:
             continue
         rows.append({"method": method, "label": config.method_labels.get(method, method),
                      "distill_steps": d.get("steps", 0), "distill_tokens": d.get("tokens", 0),
-                     "distill_cpu_min": d.get("cpu_s", 0.0) / 60, "distill_wall_min": d.get("wall_s", 0.0) / 60,
+                     "distill_cpu_min": _per_all_steps(d, "cpu_s") / 60,
+                     "distill_wall_min": _per_all_steps(d, "wall_s") / 60,
+                     "distill_cpu_extrapolated_from": (d["cpu_timed_steps"] if 0 < d.get("cpu_timed_steps", 0)
+                                                       < d.get("steps", 0) else None),
                      "finetune_runs": len(ft),
                      "finetune_cpu_min": sum(r.get("cpu_s", 0.0) for r in ft) / 60})
     if head_fit:
@@ -608,8 +622,13 @@ def _notes(config, task_names, compute, head_fit, runs) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in compute:
+        timed = row.get("distill_cpu_extrapolated_from")
+        cpu = f"{row['distill_cpu_min']:.1f}" + (f" (scaled from {timed} timed steps)" if timed else "")
         lines.append(f"| {row['label']} | {row['distill_steps']} | {row['distill_tokens'] / 1e6:.2f} M | "
-                     f"{row['distill_cpu_min']:.1f} | {row['finetune_runs']} | {row['finetune_cpu_min']:.1f} |")
+                     f"{cpu} | {row['finetune_runs']} | {row['finetune_cpu_min']:.1f} |")
+    if any(row.get("distill_cpu_extrapolated_from") for row in compute):
+        lines += ["", "Scaled: the process of an earlier segment was killed outright (a working session's "
+                      "end) before it recorded its seconds; the figure is the timed steps' rate times all steps."]
     if head_fit:
         b, a = head_fit["before"], head_fit["after"]
         lines += ["", f"MLM head fitted on the frozen teacher for OD: {head_fit['steps']} steps x "

@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+import ml_collections
 import pytest
 
 from tiny_models import save_tiny_bert
@@ -102,7 +103,7 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
                               for s in (0, 1)])
     distil = json.loads((records / "distill__minilmv2_last.json").read_text())
     assert distil["steps"] == 4 and distil["segments"] == 2 and distil["tokens"] == 4 * 8 * 32
-    assert distil["cpu_s"] > 0
+    assert distil["cpu_s"] > 0 and distil["cpu_timed_steps"] == 4  # 2 before the preemption, 2 after
     od = json.loads((records / "distill__od.json").read_text())
     assert set(od["loss_last_logged"]) >= {"loss", "loss/od", "loss/mlm"}
     run = json.loads((records / "od__sst2__lr0.001__seed1.json").read_text())
@@ -248,3 +249,17 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
     notes.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers <!-- study-cost --> ... <!-- /study-cost --> not found"):
         write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
+
+
+def test_compute_table_scales_a_distillation_whose_first_segment_went_untimed():
+    """A process killed outright (a session's end) records no seconds for the steps it trained:
+    the table scales the timed steps' rate to all steps, and says so; complete records stand."""
+    from studies.distill_methods import _compute_table
+
+    config = ml_collections.ConfigDict({"methods": ["od", "hs"], "method_labels": {}})
+    distill = {"od": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 500},
+               "hs": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 2101}}
+    od, hs = _compute_table(config, {}, distill, None)
+    assert od["distill_cpu_min"] == 600.0 * 4 / 60 and od["distill_wall_min"] == 300.0 * 4 / 60
+    assert od["distill_cpu_extrapolated_from"] == 500
+    assert hs["distill_cpu_min"] == 600.0 / 60 and hs["distill_cpu_extrapolated_from"] is None
