@@ -565,7 +565,7 @@ def _majority_rows(config, task_names) -> dict:
     return out
 
 
-def _per_all_steps(record: dict, field: str) -> float:
+def distill_seconds(record: dict, field: str) -> float:
     """Seconds for all of a distillation's steps: measured, or scaled up from the steps that were
     timed when a killed process left some untimed (cpu_timed_steps < steps)."""
     seconds, timed, steps = record.get(field, 0.0), record.get("cpu_timed_steps", 0), record.get("steps", 0)
@@ -581,8 +581,8 @@ def _compute_table(config, runs, distill, head_fit) -> list[dict]:
             continue
         rows.append({"method": method, "label": config.method_labels.get(method, method),
                      "distill_steps": d.get("steps", 0), "distill_tokens": d.get("tokens", 0),
-                     "distill_cpu_min": _per_all_steps(d, "cpu_s") / 60,
-                     "distill_wall_min": _per_all_steps(d, "wall_s") / 60,
+                     "distill_cpu_min": distill_seconds(d, "cpu_s") / 60,
+                     "distill_wall_min": distill_seconds(d, "wall_s") / 60,
                      "distill_cpu_extrapolated_from": (d["cpu_timed_steps"] if 0 < d.get("cpu_timed_steps", 0)
                                                        < d.get("steps", 0) else None),
                      "finetune_runs": len(ft),

@@ -232,6 +232,8 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
             {"method": "hs_last", "task": "sst2", "best_score": 71.0, "cpu_s": 180.0, "wall_s": 240.0},
             {"method": "hs_last", "steps": 2000, "tokens": 4_096_000, "cpu_s": 3600.0, "wall_s": 4500.0,
              "segments": 2, "fingerprint": "f"},
+            {"method": "od", "steps": 2000, "tokens": 4_096_000, "cpu_s": 1500.0, "wall_s": 1200.0,
+             "segments": 1, "cpu_timed_steps": 750, "fingerprint": "h"},  # an earlier process killed
             {"method": "none", "steps": 0, "tokens": 0, "cpu_s": 3.0, "wall_s": 4.0, "fingerprint": "g"}]
     for i, record in enumerate(runs):
         (report / "records" / f"{i}.json").write_text(json.dumps(record))
@@ -243,9 +245,12 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
                                   "![study chart](docs/study/study_results.png)\n<!-- /study-table -->\nafter\n")
     text = notes.read_text()
     assert "| hs_last | sst2 | 2 | 2.0 | 3.0 |" in text  # (60 + 180) / 2 s = 2 CPU-min, (120 + 240) / 2 = 3 wall
-    assert "- distillation `hs_last`: 2000 steps, 4.10 M tokens, 60.0 CPU-min over 2 segment(s), 75.0 wall-min." in text
+    assert "- distillation `hs_last`: 2000 steps, 4.10 M tokens, 60.0 CPU-min over 2 recorded segment(s), 75.0 wall-min." in text
+    # 1500 s over 750 of 2000 steps: 66.7 CPU-min for all of them, 53.3 wall-min
+    assert ("- distillation `od`: 2000 steps, 4.10 M tokens, 66.7 CPU-min over 1 recorded segment(s), 53.3 "
+            "wall-min (scaled from the 750 steps timed: 25.0 CPU-min measured;") in text
     assert "`none`" not in text  # a reference row has no distillation
-    assert "- records: 2 fine-tuning runs of 90, 1 distillations of 8.\n<!-- /study-cost -->\nb\n" in text
+    assert "- records: 2 fine-tuning runs of 90, 2 distillations of 8.\n<!-- /study-cost -->\nb\n" in text
     notes.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers <!-- study-cost --> ... <!-- /study-cost --> not found"):
         write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
