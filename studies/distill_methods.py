@@ -565,11 +565,17 @@ def _majority_rows(config, task_names) -> dict:
     return out
 
 
+def untimed_scale_from(record: dict) -> int | None:
+    """The timed steps a distillation's seconds must be scaled from, when a killed process left
+    some of its steps untimed (0 < cpu_timed_steps < steps); None when its seconds cover them all."""
+    timed, steps = record.get("cpu_timed_steps", 0), record.get("steps", 0)
+    return timed if 0 < timed < steps else None
+
+
 def distill_seconds(record: dict, field: str) -> float:
-    """Seconds for all of a distillation's steps: measured, or scaled up from the steps that were
-    timed when a killed process left some untimed (cpu_timed_steps < steps)."""
-    seconds, timed, steps = record.get(field, 0.0), record.get("cpu_timed_steps", 0), record.get("steps", 0)
-    return seconds * steps / timed if 0 < timed < steps else seconds
+    """Seconds for all of a distillation's steps: measured, or scaled up from the timed ones."""
+    timed = untimed_scale_from(record)
+    return record.get(field, 0.0) * (record["steps"] / timed if timed else 1.0)
 
 
 def _compute_table(config, runs, distill, head_fit) -> list[dict]:
@@ -583,8 +589,7 @@ def _compute_table(config, runs, distill, head_fit) -> list[dict]:
                      "distill_steps": d.get("steps", 0), "distill_tokens": d.get("tokens", 0),
                      "distill_cpu_min": distill_seconds(d, "cpu_s") / 60,
                      "distill_wall_min": distill_seconds(d, "wall_s") / 60,
-                     "distill_cpu_extrapolated_from": (d["cpu_timed_steps"] if 0 < d.get("cpu_timed_steps", 0)
-                                                       < d.get("steps", 0) else None),
+                     "distill_cpu_extrapolated_from": untimed_scale_from(d),
                      "finetune_runs": len(ft),
                      "finetune_cpu_min": sum(r.get("cpu_s", 0.0) for r in ft) / 60})
     if head_fit:

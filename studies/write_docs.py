@@ -19,7 +19,7 @@ import os
 import re
 import sys
 
-from studies.distill_methods import distill_seconds
+from studies.distill_methods import distill_seconds, untimed_scale_from
 
 README_MARKERS = ("<!-- study-table -->", "<!-- /study-table -->")
 NOTES_MARKERS = ("<!-- study-cost -->", "<!-- /study-cost -->")
@@ -59,9 +59,9 @@ def cost_block(records: list[dict], *, methods: int, runs_total: int) -> str:
     distilled = [m for m in distills if distills[m]["steps"]]
     for method in distilled:
         d = distills[method]
-        timed = d.get("cpu_timed_steps", 0)
+        timed = untimed_scale_from(d)
         scaled = (f" (scaled from the {timed} steps timed: {d['cpu_s'] / 60:.1f} CPU-min measured; an "
-                  f"earlier process was killed before recording its seconds)" if 0 < timed < d["steps"] else "")
+                  f"earlier process was killed before recording its seconds)" if timed else "")
         lines.append(f"- distillation `{method}`: {d['steps']} steps, {d['tokens'] / 1e6:.2f} M tokens, "
                      f"{distill_seconds(d, 'cpu_s') / 60:.1f} CPU-min over {d.get('segments', 1)} recorded "
                      f"segment(s), {distill_seconds(d, 'wall_s') / 60:.1f} wall-min{scaled}.")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from distill_jax.data.cache import PackedCorpus, find_cached
+from distill_jax.data.cache import PackedCorpus, _log, find_cached
 from distill_jax.data.config import MlmConfig
 from distill_jax.data.masking import mask_batch
 from distill_jax.data.packing import attention_mask_from_lengths, segment_ids_from_ids
@@ -132,10 +132,9 @@ class BatchIterator:
                 f"data iterator state was saved on other packed tokens (sha256 {saved_sha[:16]}, this "
                 f"corpus {self.corpus.content_sha256[:16]}): the data files or the tokenizer changed; "
                 f"resume with the same data, or start a fresh --workdir")
-        print(f"[distill_jax.data] the corpus's cache key changed since the checkpoint (its files "
-              f"were copied or touched: {str(saved_key)[:16]} -> {self.corpus.key[:16]}) but its packed "
-              f"tokens are the same (sha256 {saved_sha[:16]}): resuming at the same position",
-              flush=True)
+        _log(f"the corpus's cache key changed since the checkpoint (its files were copied or "
+             f"touched: {str(saved_key)[:16]} -> {self.corpus.key[:16]}) but its packed tokens are "
+             f"the same (sha256 {saved_sha[:16]}): resuming at the same position")
 
     # ---- iteration ---------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> np.ndarray:
