@@ -27,13 +27,9 @@ def summarise_times(step_times_s: Sequence[float], tokens_per_step: int, flops_p
 def machine_info(threads: int) -> dict:
     import jax
 
-    cpu_model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    info = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_model": cpu_model,
+    from distill_jax.metrics import cpu_model
+
+    info = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(), "threads": threads, "jax": jax.__version__,
             "jax_devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
             "load_average_1_5_15": list(os.getloadavg()),

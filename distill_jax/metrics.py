@@ -10,6 +10,7 @@ Scalar names written to TensorBoard (tags):
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -91,6 +92,22 @@ def machine_peak_flops(override_per_device: float = 0.0) -> tuple[float, str]:
         return per_device * len(devices), f"datasheet bf16 peak of {devices[0].device_kind}"
     # CPU: the host's measured float32 matmul rate, once per process.
     return measured_matmul_flops() * jax.process_count(), "measured float32 matmul on this host"
+
+
+def cpu_model() -> str:
+    """The host CPU's model name from /proc/cpuinfo ('' where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def host_description() -> dict:
+    """What a figure measured on this machine depends on: CPU model and cores, JAX devices."""
+    devices = jax.devices()
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+            "devices": f"{len(devices)} x {devices[0].platform}:{devices[0].device_kind}"}
 
 
 def parameter_overview(params: Any, max_lines: int | None = None) -> str:

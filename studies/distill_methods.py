@@ -261,6 +261,7 @@ def _portable_record(record: dict) -> dict:
 
 def _distil(config, method: str, workdir: str, teacher_dir: str, fingerprint: str) -> dict:
     """Runs (or resumes) the method's distillation; returns its record."""
+    from distill_jax.metrics import host_description
     from distill_jax.train import train_and_evaluate
 
     run_dir = os.path.join(workdir, "distill", method)
@@ -287,7 +288,8 @@ def _distil(config, method: str, workdir: str, teacher_dir: str, fingerprint: st
             # session's end) trained steps whose seconds were never recorded.
             "cpu_timed_steps": spent["steps"],
             "train_loop_s": s["times_s"]["train_loop_all_runs"], "throughput": s["throughput"],
-            "export_dir": os.path.join(run_dir, "export"), "devices": s["devices"]}
+            "export_dir": os.path.join(run_dir, "export"), "devices": s["devices"],
+            "host": host_description()}
 
 
 def _export_init(config, workdir: str, teacher_dir: str, teacher_shape, fingerprint: str) -> dict:
@@ -310,6 +312,8 @@ def _export_init(config, workdir: str, teacher_dir: str, teacher_shape, fingerpr
 def _student_dir(config, method: str, workdir: str, facts: dict, records_dir: str, fingerprint: str,
                  state: dict) -> str:
     """The directory of the method's model, distilling it first when its export is missing."""
+    from distill_jax import models
+
     if method == "teacher":
         return facts["teacher_dir"]
     run_dir = os.path.join(workdir, "distill", method)
@@ -323,6 +327,9 @@ def _student_dir(config, method: str, workdir: str, facts: dict, records_dir: st
     record = _read_json(record_path)
     if os.path.isfile(os.path.join(export_dir, "config.json")) and record and record["fingerprint"] == fingerprint:
         return export_dir
+    # A record without its export: the workdir was lost (a new machine) while some of the method's
+    # fine-tunes were still to do. The student is made again and compared with the recorded one.
+    earlier = record if record and record.get("fingerprint") == fingerprint else None
     os.makedirs(run_dir, exist_ok=True)
     _write_json(marker, {"fingerprint": fingerprint,
                          "identity": method_identity(config, method, facts["fitted_head"])})
@@ -335,9 +342,31 @@ def _student_dir(config, method: str, workdir: str, facts: dict, records_dir: st
                 state["head_dir"] = _fit_head(config, workdir, records_dir)
             teacher_dir = state["head_dir"]
         record = _distil(config, method, workdir, teacher_dir, fingerprint)
+    record["export_sha256"] = models.weights_sha256(export_dir)
+    if earlier is not None:
+        record |= _compare_students(method, earlier, record["export_sha256"], records_dir)
     _write_json(record_path, _portable_record(record))
     log(f"{method}: student ready in {export_dir}; record {record_path}")
     return export_dir
+
+
+def _compare_students(method: str, earlier: dict, export_sha256: str, records_dir: str) -> dict:
+    """Says whether a student made again is the one the method's finished fine-tune records came
+    from; returns the fields that keep a differing earlier student on the record."""
+    finished = len(glob.glob(os.path.join(records_dir, f"{method}__*__lr*__seed*.json")))
+    before = earlier.get("export_sha256")
+    if before == export_sha256:
+        log(f"{method}: the student made again is bit-identical to the recorded one (weights sha256 "
+            f"{export_sha256[:16]}); its {finished} finished fine-tune records stand")
+        return {}
+    if before is None:
+        log(f"{method}: the earlier student's weights were not digested, so the {finished} finished fine-tune "
+            f"records cannot be matched to this one (weights sha256 {export_sha256[:16]}); they are kept")
+        return {"earlier_export_sha256": None}
+    log(f"warning: {method}: the student made again differs from the recorded one (weights sha256 "
+        f"{export_sha256[:16]} vs {before[:16]}; another machine's kernels); its {finished} finished fine-tune "
+        "records came from the earlier student and are kept (delete them to fine-tune this one)")
+    return {"earlier_export_sha256": before}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,11 +427,15 @@ def _missing_runs(config, method: str, fingerprint: str, records_dir: str, tasks
 
 def _finetune_all(config, method: str, model_dir: str, missing: list[tuple], records_dir: str,
                   tasks: _Tasks, steps_cache: dict, progress: dict) -> None:
+    from distill_jax import models
     from distill_jax.evaluate import model_io
     from distill_jax.evaluate.run import run_or_reuse
 
     label = config.method_labels.get(method, method)
     model = model_io.load_glue_model(model_dir, label=label)
+    # Which weights each record was fine-tuned from: a student made again on another machine may
+    # differ in its last bits (see _compare_students).
+    student_sha256 = models.weights_sha256(model.model_dir)
     for task, lr, seed, fp in missing:
         train, dev = tasks.encoded(task, model.model_dir)
         log(f"{method}: fine-tuning {task} lr={lr:g} seed={seed} ({progress['done']}/{progress['total']} "
@@ -410,7 +443,8 @@ def _finetune_all(config, method: str, model_dir: str, missing: list[tuple], rec
         with Stage() as stage:
             record = run_or_reuse(config.glue, model, task, train, dev, lr, seed,
                                   _record_path(records_dir, method, task, lr, seed), fp,
-                                  steps_cache=steps_cache, extra={"method": method})
+                                  steps_cache=steps_cache,
+                                  extra={"method": method, "student_sha256": student_sha256})
         if "cpu_s" not in record:   # a new run: add its measured seconds to the record on disk
             record |= {"cpu_s": stage.cpu_s, "wall_s": stage.wall_s}
             _write_json(_record_path(records_dir, method, task, lr, seed), record)
@@ -590,6 +624,9 @@ def _compute_table(config, runs, distill, head_fit) -> list[dict]:
                      "distill_cpu_min": distill_seconds(d, "cpu_s") / 60,
                      "distill_wall_min": distill_seconds(d, "wall_s") / 60,
                      "distill_cpu_extrapolated_from": untimed_scale_from(d),
+                     # The machine's measured float32 matmul peak: CPU-minutes of rows distilled
+                     # on different machines compare only after dividing by it.
+                     "distill_host_peak_tflops": (d.get("throughput") or {}).get("peak_flops", 0.0) / 1e12,
                      "finetune_runs": len(ft),
                      "finetune_cpu_min": sum(r.get("cpu_s", 0.0) for r in ft) / 60})
     if head_fit:
@@ -623,14 +660,20 @@ def _notes(config, task_names, compute, head_fit, runs) -> str:
         "",
         "Compute (CPU-minutes of this process, all threads; wall minutes depend on the machine's load):",
         "",
-        "| method | distillation steps | tokens | distil CPU-min | fine-tune runs | fine-tune CPU-min |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | distillation steps | tokens | distil CPU-min | host peak TFLOP/s | fine-tune runs | fine-tune CPU-min |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in compute:
         timed = row.get("distill_cpu_extrapolated_from")
         cpu = f"{row['distill_cpu_min']:.1f}" + (f" (scaled from {timed} timed steps)" if timed else "")
+        peak = row.get("distill_host_peak_tflops") or 0.0
         lines.append(f"| {row['label']} | {row['distill_steps']} | {row['distill_tokens'] / 1e6:.2f} M | "
-                     f"{cpu} | {row['finetune_runs']} | {row['finetune_cpu_min']:.1f} |")
+                     f"{cpu} | {f'{peak:.2f}' if peak else ''} | {row['finetune_runs']} | "
+                     f"{row['finetune_cpu_min']:.1f} |")
+    peaks = {round(row["distill_host_peak_tflops"], 2) for row in compute if row.get("distill_host_peak_tflops")}
+    if len(peaks) > 1:
+        lines += ["", "The distillations ran on machines of different speed (host peak: the measured float32 "
+                      "matmul rate, the MFU denominator); compare their CPU-minutes after scaling by it."]
     if any(row.get("distill_cpu_extrapolated_from") for row in compute):
         lines += ["", "Scaled: the process of an earlier segment was killed outright (a working session's "
                       "end) before it recorded its seconds; the figure is the timed steps' rate times all steps."]

@@ -62,9 +62,13 @@ def cost_block(records: list[dict], *, methods: int, runs_total: int) -> str:
         timed = untimed_scale_from(d)
         scaled = (f" (scaled from the {timed} steps timed: {d['cpu_s'] / 60:.1f} CPU-min measured; an "
                   f"earlier process was killed before recording its seconds)" if timed else "")
+        peak = (d.get("throughput") or {}).get("peak_flops")
+        host = (d.get("host") or {}).get("cpu_model")
+        machine = ((f" on {host or 'a host the record does not name'}" if host or peak else "")
+                   + (f" (measured float32 peak {peak / 1e12:.2f} TFLOP/s)" if peak else ""))
         lines.append(f"- distillation `{method}`: {d['steps']} steps, {d['tokens'] / 1e6:.2f} M tokens, "
                      f"{distill_seconds(d, 'cpu_s') / 60:.1f} CPU-min over {d.get('segments', 1)} recorded "
-                     f"segment(s), {distill_seconds(d, 'wall_s') / 60:.1f} wall-min{scaled}.")
+                     f"segment(s), {distill_seconds(d, 'wall_s') / 60:.1f} wall-min{machine}{scaled}.")
     lines.append(f"- records: {len(runs)} fine-tuning runs of {runs_total}, {len(distilled)} distillations "
                  f"of {methods}.")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import transformers
 from flax import nnx
 
 from distill_jax.models import (EncoderConfig, SequenceClassifier, export_pretrained, load_pretrained,
-                                load_sequence_classifier, make_student, resolve_model_dir)
+                                load_sequence_classifier, make_student, resolve_model_dir, weights_sha256)
 
 TOL = 1e-4
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
@@ -188,6 +188,35 @@ def test_sharded_safetensors_index_loads_same_params(tiny_mlm, tmp_path):
     assert report.missing == ["pooler.dense.weight", "pooler.dense.bias"]
     for a, b in zip(jax.tree.leaves(nnx.state(whole)), jax.tree.leaves(nnx.state(sharded))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_weights_sha256_follows_the_numbers_not_the_file_layout(tiny_mlm, tmp_path):
+    """The same weights in one file or in shards digest alike; one changed value, or a renamed
+    tensor, changes the digest; the digest equals a hashlib reference over the tensors in name order."""
+    import hashlib
+
+    from safetensors.numpy import load_file, save_file
+
+    family, path, hf = tiny_mlm
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert weights_sha256(tmp_path / "sharded") == weights_sha256(path)
+    tensors = load_file(path / "model.safetensors")
+    reference = hashlib.sha256()
+    for name in sorted(tensors):
+        reference.update(f"{name}:{tensors[name].dtype.str}:{tensors[name].shape};".encode())
+        reference.update(tensors[name].tobytes())
+    assert weights_sha256(path) == reference.hexdigest()
+    name = sorted(tensors)[-1]
+    changed = dict(tensors)
+    changed[name] = tensors[name].copy()
+    changed[name].flat[0] = np.nextafter(changed[name].flat[0], np.float32(np.inf))  # one ulp
+    (tmp_path / "changed").mkdir()
+    save_file(changed, tmp_path / "changed" / "model.safetensors")
+    assert weights_sha256(tmp_path / "changed") != weights_sha256(path)
+    renamed = {("x." + k if k == name else k): v for k, v in tensors.items()}
+    (tmp_path / "renamed").mkdir()
+    save_file(renamed, tmp_path / "renamed" / "model.safetensors")
+    assert weights_sha256(tmp_path / "renamed") != weights_sha256(path)
 
 
 # ------------------------------------------------------------------------------ report

@@ -149,6 +149,42 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
     run_study(config, str(workdir))
     assert (report_dir / "study_results.md").read_text() == table
 
+    # 5. A record lost with the workdir: the student is distilled again (preempted the first time,
+    # uninterrupted now) and comes out with the same weights, which the log and the records show.
+    distil = json.loads((records / "distill__minilmv2_last.json").read_text())
+    kept = json.loads((records / "minilmv2_last__sst2__lr0.001__seed0.json").read_text())
+    assert kept["student_sha256"] == distil["export_sha256"] and len(distil["export_sha256"]) == 64
+    (records / "minilmv2_last__sst2__lr0.001__seed1.json").unlink()
+    config.report_only = False
+    capsys.readouterr()
+    run_study(config, str(workdir))
+    log = capsys.readouterr().out
+    assert "minilmv2_last: distilling" in log and "distilling" not in log.replace("minilmv2_last: distilling", "")
+    assert "minilmv2_last: the student made again is bit-identical to the recorded one" in log
+    again = json.loads((records / "distill__minilmv2_last.json").read_text())
+    assert again["export_sha256"] == distil["export_sha256"] and "earlier_export_sha256" not in again
+    redone = json.loads((records / "minilmv2_last__sst2__lr0.001__seed1.json").read_text())
+    assert redone["student_sha256"] == distil["export_sha256"]
+
+
+def test_a_student_made_again_is_compared_with_the_recorded_one(tmp_path, capsys):
+    """The three cases of a re-distilled student: same weights, earlier ones never digested,
+    different weights (another machine); only the last two leave a field on the record."""
+    from studies.distill_methods import _compare_students
+
+    for seed in (0, 1):
+        (tmp_path / f"hs_last__sst2__lr0.0001__seed{seed}.json").write_text("{}")
+    (tmp_path / "hs_last_2__sst2__lr0.0001__seed0.json").write_text("{}")  # another method's record
+    new = "b" * 64
+    assert _compare_students("hs_last", {"export_sha256": new}, new, str(tmp_path)) == {}
+    assert "bit-identical to the recorded one (weights sha256 bbbbbbbbbbbbbbbb); its 2 finished" in capsys.readouterr().out
+    assert _compare_students("hs_last", {}, new, str(tmp_path)) == {"earlier_export_sha256": None}
+    assert "were not digested, so the 2 finished fine-tune records cannot be matched" in capsys.readouterr().out
+    assert _compare_students("hs_last", {"export_sha256": "a" * 64}, new, str(tmp_path)) == {
+        "earlier_export_sha256": "a" * 64}
+    assert ("warning: hs_last: the student made again differs from the recorded one (weights sha256 "
+            "bbbbbbbbbbbbbbbb vs aaaaaaaaaaaaaaaa" in capsys.readouterr().out)
+
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c, "methods", ("teacher", "minilmv3")), r"config.methods: unknown method 'minilmv3'"),
@@ -233,7 +269,8 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
             {"method": "hs_last", "steps": 2000, "tokens": 4_096_000, "cpu_s": 3600.0, "wall_s": 4500.0,
              "segments": 2, "fingerprint": "f"},
             {"method": "od", "steps": 2000, "tokens": 4_096_000, "cpu_s": 1500.0, "wall_s": 1200.0,
-             "segments": 1, "cpu_timed_steps": 750, "fingerprint": "h"},  # an earlier process killed
+             "segments": 1, "cpu_timed_steps": 750, "fingerprint": "h",  # an earlier process killed
+             "host": {"cpu_model": "AMD EPYC"}, "throughput": {"peak_flops": 3.7e11}},
             {"method": "none", "steps": 0, "tokens": 0, "cpu_s": 3.0, "wall_s": 4.0, "fingerprint": "g"}]
     for i, record in enumerate(runs):
         (report / "records" / f"{i}.json").write_text(json.dumps(record))
@@ -248,7 +285,8 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
     assert "- distillation `hs_last`: 2000 steps, 4.10 M tokens, 60.0 CPU-min over 2 recorded segment(s), 75.0 wall-min." in text
     # 1500 s over 750 of 2000 steps: 66.7 CPU-min for all of them, 53.3 wall-min
     assert ("- distillation `od`: 2000 steps, 4.10 M tokens, 66.7 CPU-min over 1 recorded segment(s), 53.3 "
-            "wall-min (scaled from the 750 steps timed: 25.0 CPU-min measured;") in text
+            "wall-min on AMD EPYC (measured float32 peak 0.37 TFLOP/s) (scaled from the 750 steps timed: "
+            "25.0 CPU-min measured;") in text
     assert "`none`" not in text  # a reference row has no distillation
     assert "- records: 2 fine-tuning runs of 90, 2 distillations of 8.\n<!-- /study-cost -->\nb\n" in text
     notes.write_text("no markers\n")
@@ -262,9 +300,11 @@ def test_compute_table_scales_a_distillation_whose_first_segment_went_untimed():
     from studies.distill_methods import _compute_table
 
     config = ml_collections.ConfigDict({"methods": ["od", "hs"], "method_labels": {}})
-    distill = {"od": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 500},
+    distill = {"od": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 500,
+                      "throughput": {"peak_flops": 1.28e11}},
                "hs": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 2101}}
     od, hs = _compute_table(config, {}, distill, None)
     assert od["distill_cpu_min"] == 600.0 * 4 / 60 and od["distill_wall_min"] == 300.0 * 4 / 60
     assert od["distill_cpu_extrapolated_from"] == 500
     assert hs["distill_cpu_min"] == 600.0 / 60 and hs["distill_cpu_extrapolated_from"] is None
+    assert od["distill_host_peak_tflops"] == pytest.approx(0.128) and hs["distill_host_peak_tflops"] == 0.0

@@ -5,6 +5,7 @@ pickles), map tensor names for BERT / RoBERTa / XLM-R, and write HF-format direc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -171,6 +172,19 @@ def read_checkpoint(model_dir: Path) -> dict[str, np.ndarray]:
     for f in _weight_files(model_dir):
         tensors.update(read_safetensors(f))
     return tensors
+
+
+def weights_sha256(model_dir: str | os.PathLike) -> str:
+    """sha256 of a checkpoint's tensors: every (name, dtype, shape, bytes) in name order, over all
+    weight files. It depends on the numbers only, not on the file layout (shards, header order,
+    metadata), so two exports of the same weights agree and any changed value shows."""
+    tensors = read_checkpoint(Path(model_dir))
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        array = tensors[name]
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _safetensors_names(path: Path) -> list[str]:
