@@ -672,8 +672,10 @@ def _notes(config, task_names, compute, head_fit, runs) -> str:
                      f"{row['finetune_cpu_min']:.1f} |")
     peaks = {round(row["distill_host_peak_tflops"], 2) for row in compute if row.get("distill_host_peak_tflops")}
     if len(peaks) > 1:
-        lines += ["", "The distillations ran on machines of different speed (host peak: the measured float32 "
-                      "matmul rate, the MFU denominator); compare their CPU-minutes after scaling by it."]
+        lines += ["", "Host peak: the float32 matmul rate measured when the distillation started (the MFU "
+                      "denominator). It differs between rows because they ran on different machines (the "
+                      "record's host names the CPU where it is known) or under different load, so CPU-minutes "
+                      "compare across rows only roughly."]
     if any(row.get("distill_cpu_extrapolated_from") for row in compute):
         lines += ["", "Scaled: the process of an earlier segment was killed outright (a working session's "
                       "end) before it recorded its seconds; the figure is the timed steps' rate times all steps."]

@@ -65,7 +65,7 @@ def cost_block(records: list[dict], *, methods: int, runs_total: int) -> str:
         peak = (d.get("throughput") or {}).get("peak_flops")
         host = (d.get("host") or {}).get("cpu_model")
         machine = ((f" on {host or 'a host the record does not name'}" if host or peak else "")
-                   + (f" (measured float32 peak {peak / 1e12:.2f} TFLOP/s)" if peak else ""))
+                   + (f" (float32 peak measured at its start {peak / 1e12:.2f} TFLOP/s)" if peak else ""))
         lines.append(f"- distillation `{method}`: {d['steps']} steps, {d['tokens'] / 1e6:.2f} M tokens, "
                      f"{distill_seconds(d, 'cpu_s') / 60:.1f} CPU-min over {d.get('segments', 1)} recorded "
                      f"segment(s), {distill_seconds(d, 'wall_s') / 60:.1f} wall-min{machine}{scaled}.")

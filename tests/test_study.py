@@ -285,7 +285,7 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
     assert "- distillation `hs_last`: 2000 steps, 4.10 M tokens, 60.0 CPU-min over 2 recorded segment(s), 75.0 wall-min." in text
     # 1500 s over 750 of 2000 steps: 66.7 CPU-min for all of them, 53.3 wall-min
     assert ("- distillation `od`: 2000 steps, 4.10 M tokens, 66.7 CPU-min over 1 recorded segment(s), 53.3 "
-            "wall-min on AMD EPYC (measured float32 peak 0.37 TFLOP/s) (scaled from the 750 steps timed: "
+            "wall-min on AMD EPYC (float32 peak measured at its start 0.37 TFLOP/s) (scaled from the 750 steps timed: "
             "25.0 CPU-min measured;") in text
     assert "`none`" not in text  # a reference row has no distillation
     assert "- records: 2 fine-tuning runs of 90, 2 distillations of 8.\n<!-- /study-cost -->\nb\n" in text
