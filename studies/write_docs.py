@@ -2,9 +2,13 @@
 
     python -m studies.write_docs                      # after the study (or its report_only step)
     python -m studies.write_docs --report_dir=docs/study --readme=README.md --build_notes=BUILD_NOTES.md
+    python -m studies.write_docs --budget_dirs=docs/study_4000   # also the budget comparison
 
 README.md <!-- study-table -->: the results table of <report_dir>/study_results.md (built from the
-records alone by the study's report step) and its chart. BUILD_NOTES.md <!-- study-cost -->: the
+records alone by the study's report step) and its chart. README.md <!-- study-budget --> (only with
+--budget_dirs): every method that the other report directories (the same study at another
+`steps=`) also hold, one row per token budget, from each directory's study_results.json, plus each
+distillation's last logged loss from its record. BUILD_NOTES.md <!-- study-cost -->: the
 measured cost per method and task (CPU- and wall-minutes per fine-tuning run, each distillation's
 steps, tokens and minutes) and how many records exist, from <report_dir>/records/*.json.
 Nothing else in either file is touched; a missing marker is one error line.
@@ -23,6 +27,7 @@ from studies.distill_methods import distill_seconds, untimed_scale_from
 
 README_MARKERS = ("<!-- study-table -->", "<!-- /study-table -->")
 NOTES_MARKERS = ("<!-- study-cost -->", "<!-- /study-cost -->")
+BUDGET_MARKERS = ("<!-- study-budget -->", "<!-- /study-budget -->")
 
 
 def _records(report_dir: str) -> list[dict]:
@@ -40,6 +45,46 @@ def readme_block(report_dir: str, readme_dir: str) -> str:
         table = f.read().split("\n\n", 1)[0].strip()
     chart = os.path.relpath(os.path.join(report_dir, "study_results.png"), readme_dir)
     return f"{table}\n\n![study chart]({chart})"
+
+
+def _results(report_dir: str) -> dict:
+    path = os.path.join(report_dir, "study_results.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: build it with the study's report_only step for that directory")
+    with open(path) as f:
+        return json.load(f)
+
+
+def budget_block(report_dirs: list[str]) -> str:
+    """Markdown: the methods every directory holds (references excepted), one table row per
+    (method, token budget) in the first directory's method order, then each distillation's last
+    logged loss per budget. report_dirs: the same study at different `steps=`, smallest first
+    by convention. Reads study_results.json and the distill records only."""
+    from distill_jax.evaluate import report
+
+    results = [_results(d) for d in report_dirs]
+    tasks = results[0]["tasks"]
+    for d, r in zip(report_dirs[1:], results[1:]):
+        if r["tasks"] != tasks or r["teacher"] != results[0]["teacher"]:
+            raise ValueError(f"{d}: tasks {r['tasks']} / teacher {r['teacher']} differ from {report_dirs[0]}'s; "
+                             f"--budget_dirs must hold the same study at another steps=")
+    distilled = [{c["method"]: c for c in r["compute"] if c.get("distill_steps")} for r in results]
+    methods = [m for m in results[0]["methods"] if all(m in d for d in distilled)]
+    if not methods:
+        raise ValueError(f"--budget_dirs: no distilled method is in all of {report_dirs}")
+    rows, summaries, losses = [], {}, []
+    for m in methods:
+        per_budget = []
+        for d, r, comp in zip(report_dirs, results, distilled):
+            row = f"{r['labels'][m]}, {comp[m]['distill_tokens'] / 1e6:.1f} M tokens"
+            rows.append(row)
+            label = r["labels"][m]
+            summaries.update({(row, s["task"]): s for s in r["summaries"] if s["row"] == label})
+            with open(os.path.join(d, "records", f"distill__{m}.json")) as f:
+                last = json.load(f)["loss_last_logged"]["loss"]
+            per_budget.append(f"{last:.4f} at {comp[m]['distill_tokens'] / 1e6:.1f} M")
+        losses.append(f"- `{m}`: last logged distillation loss " + ", ".join(per_budget) + ".")
+    return report.markdown_table(tasks, rows, summaries) + "\n" + "\n".join(losses)
 
 
 def cost_block(records: list[dict], *, methods: int, runs_total: int) -> str:
@@ -88,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--readme", default="README.md")
     p.add_argument("--build_notes", default="BUILD_NOTES.md")
     p.add_argument("--preset", default="cpu", help="the study preset (for the totals: methods, runs)")
+    p.add_argument("--budget_dirs", default="", help="comma list of report dirs of the same study at other "
+                   "steps= (e.g. docs/study_4000): fills README's <!-- study-budget --> block")
     args = p.parse_args(argv)
     from configs import study
     from studies.distill_methods import _split
@@ -101,13 +148,18 @@ def main(argv=None) -> int:
         args.build_notes: (NOTES_MARKERS, cost_block(_records(args.report_dir), methods=len(methods),
                                                      runs_total=runs_total)),
     }
-    for path, (markers, block) in updates.items():
+    if args.budget_dirs:
+        budget = budget_block([args.report_dir, *[d for d in args.budget_dirs.split(",") if d]])
+    texts = {}
+    for path, (markers, block) in updates.items():   # every block is checked before any file is written
         with open(path) as f:
-            text = f.read()
-        text = replace_between(text, markers, block, path)
+            texts[path] = replace_between(f.read(), markers, block, path)
+    if args.budget_dirs:
+        texts[args.readme] = replace_between(texts[args.readme], BUDGET_MARKERS, budget, args.readme)
+    for path, text in texts.items():
         with open(path, "w") as f:
             f.write(text)
-        print(f"wrote {path} ({markers[0]})")
+        print(f"wrote {path}")
     return 0
 
 

@@ -220,12 +220,15 @@ def test_pod_preset_dry_run_plans_without_the_hub(tmp_path, capsys):
     assert not (tmp_path / "pod").exists()
 
 
-def test_the_committed_study_records_stay_resumable_by_this_code():
-    """docs/study/records were written by the CPU study over several sessions; a config field added
-    since (an operational one left out of _OPERATIONAL_FIELDS, a changed default) would change the
-    methods' fingerprints, and the README's command would then refuse the study's own workdir or
-    redo every finished run. Each distillation record's fingerprint is recomputed from the
-    shipped cpu preset, and every fine-tuning record must be one the driver skips."""
+@pytest.mark.parametrize("report_dir, config_arg", [("study", "preset=cpu"),
+                                                    ("study_4000", "preset=cpu,steps=4000")])
+def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, config_arg):
+    """docs/study/records were written by the CPU study over several sessions (docs/study_4000 by
+    the same study at twice the budget); a config field added since (an operational one left out
+    of _OPERATIONAL_FIELDS, a changed default) would change the methods' fingerprints, and the
+    README's command would then refuse the study's own workdir or redo every finished run. Each
+    distillation record's fingerprint is recomputed from the shipped preset, and every
+    fine-tuning record must be one the driver skips."""
     import importlib.util
 
     from studies.distill_methods import _digest, _needs_teacher_head, method_identity
@@ -234,8 +237,8 @@ def test_the_committed_study_records_stay_resumable_by_this_code():
     spec = importlib.util.spec_from_file_location("study_config", repo / "configs" / "study.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config("preset=cpu")
-    records = sorted((repo / "docs" / "study" / "records").glob("distill__*.json"))
+    config = module.get_config(config_arg)
+    records = sorted((repo / "docs" / report_dir / "records").glob("distill__*.json"))
     if not records:
         pytest.skip("no distillation record committed yet")
     for path in records:
@@ -249,12 +252,12 @@ def test_the_committed_study_records_stay_resumable_by_this_code():
     from studies.distill_methods import _Tasks, _missing_runs, _record_path
 
     tasks = _Tasks(config.glue)
-    records_dir = str(repo / "docs" / "study" / "records")
+    records_dir = str(repo / "docs" / report_dir / "records")
     for method in config.methods:
         fingerprint = _digest(method_identity(config, method, fitted_head=_needs_teacher_head(config, method)))
         missing = {_record_path(records_dir, method, task, lr, seed)
                    for task, lr, seed, _ in _missing_runs(config, method, fingerprint, records_dir, tasks)}
-        committed = {str(p) for p in (repo / "docs" / "study" / "records").glob(f"{method}__*.json")}
+        committed = {str(p) for p in (repo / "docs" / report_dir / "records").glob(f"{method}__*.json")}
         assert not committed & missing, sorted(committed & missing)
 
 
@@ -292,6 +295,56 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
     notes.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers <!-- study-cost --> ... <!-- /study-cost --> not found"):
         write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
+
+
+def _budget_dir(root, tokens, scores, loss):
+    """A report dir as the study's report step leaves it: study_results.json and distill records.
+    scores: method -> its three SST-2 seed scores."""
+    (root / "records").mkdir(parents=True)
+    labels = {"none": "random init", "hs": "HS", "mv2": "MiniLMv2", "od": "OD"}
+    summaries = [{"row": labels[m], "task": "sst2", "median_score": sorted(v)[1], "min_score": min(v),
+                  "max_score": max(v), "n_seeds": 3, "metrics": {"dev": {"acc": sorted(v)[1]}}}
+                 for m, v in scores.items()]
+    compute = [{"method": m, "distill_steps": 0 if m == "none" else tokens // 2048,
+                "distill_tokens": 0 if m == "none" else tokens} for m in scores]
+    (root / "study_results.json").write_text(json.dumps(
+        {"tasks": ["sst2"], "teacher": "t", "methods": list(labels), "labels": labels,
+         "summaries": summaries, "compute": compute}))
+    for m in scores:
+        (root / "records" / f"distill__{m}.json").write_text(json.dumps({"loss_last_logged": {"loss": loss[m]}}))
+
+
+def test_write_docs_budget_block_puts_each_method_beside_itself_at_the_other_budget(tmp_path):
+    from studies import write_docs
+
+    small, large = tmp_path / "study", tmp_path / "study_4000"
+    _budget_dir(small, 4_096_000, {"none": [.5, .6, .7], "mv2": [.75, .76, .77], "hs": [.79, .78, .80],
+                                   "od": [.70, .71, .69]}, {"none": 0.0, "mv2": 0.3056, "hs": 0.1, "od": 2.0})
+    _budget_dir(large, 8_192_000, {"none": [.5, .6, .7], "hs": [.81, .80, .82], "mv2": [.80, .79, .78]},
+                {"none": 0.0, "mv2": 0.25, "hs": 0.08})
+    block = write_docs.budget_block([str(small), str(large)])
+    # Rows in the first directory's method order; 'none' (no distillation) and 'od' (one budget only) left out.
+    assert block == ("| model | SST-2 acc | mean score |\n|---|---:|---:|\n"
+                     "| HS, 4.1 M tokens | 79.0 (78.0–80.0) | 79.0 |\n"
+                     "| HS, 8.2 M tokens | 81.0 (80.0–82.0) | 81.0 |\n"
+                     "| MiniLMv2, 4.1 M tokens | 76.0 (75.0–77.0) | 76.0 |\n"
+                     "| MiniLMv2, 8.2 M tokens | 79.0 (78.0–80.0) | 79.0 |\n\n"
+                     "- `hs`: last logged distillation loss 0.1000 at 4.1 M, 0.0800 at 8.2 M.\n"
+                     "- `mv2`: last logged distillation loss 0.3056 at 4.1 M, 0.2500 at 8.2 M.")
+    readme, notes = tmp_path / "README.md", tmp_path / "BUILD_NOTES.md"
+    (small / "study_results.md").write_text("| t |\n")
+    readme.write_text("<!-- study-table -->\n<!-- /study-table -->\n<!-- study-budget -->\nold\n<!-- /study-budget -->\n")
+    notes.write_text("<!-- study-cost -->\n<!-- /study-cost -->\n")
+    args = [f"--report_dir={small}", f"--readme={readme}", f"--build_notes={notes}", f"--budget_dirs={large}"]
+    write_docs.main(args)
+    assert f"<!-- study-budget -->\n{block}\n<!-- /study-budget -->" in readme.read_text()
+    # Another study (other tasks) in --budget_dirs is one error, and no file is written.
+    data = json.loads((large / "study_results.json").read_text())
+    (large / "study_results.json").write_text(json.dumps(data | {"tasks": ["cola"]}))
+    readme.write_text("<!-- study-table -->\n<!-- /study-table -->\n")
+    with pytest.raises(ValueError, match="study_4000: tasks .* differ from .*--budget_dirs must hold the same"):
+        write_docs.main(args)
+    assert readme.read_text() == "<!-- study-table -->\n<!-- /study-table -->\n"
 
 
 def test_compute_table_scales_a_distillation_whose_first_segment_went_untimed():
