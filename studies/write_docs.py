@@ -76,13 +76,13 @@ def budget_block(report_dirs: list[str]) -> str:
     for m in methods:
         per_budget = []
         for d, r, comp in zip(report_dirs, results, distilled):
-            row = f"{r['labels'][m]}, {comp[m]['distill_tokens'] / 1e6:.1f} M tokens"
+            label, tokens_m = r["labels"][m], comp[m]["distill_tokens"] / 1e6
+            row = f"{label}, {tokens_m:.1f} M tokens"
             rows.append(row)
-            label = r["labels"][m]
             summaries.update({(row, s["task"]): s for s in r["summaries"] if s["row"] == label})
             with open(os.path.join(d, "records", f"distill__{m}.json")) as f:
                 last = json.load(f)["loss_last_logged"]["loss"]
-            per_budget.append(f"{last:.4f} at {comp[m]['distill_tokens'] / 1e6:.1f} M")
+            per_budget.append(f"{last:.4f} at {tokens_m:.1f} M")
         losses.append(f"- `{m}`: last logged distillation loss " + ", ".join(per_budget) + ".")
     return report.markdown_table(tasks, rows, summaries) + "\n" + "\n".join(losses)
 
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
                                                      runs_total=runs_total)),
     }
     if args.budget_dirs:
-        budget = budget_block([args.report_dir, *[d for d in args.budget_dirs.split(",") if d]])
+        budget = budget_block([args.report_dir, *_split(args.budget_dirs)])
     texts = {}
     for path, (markers, block) in updates.items():   # every block is checked before any file is written
         with open(path) as f:
