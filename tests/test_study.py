@@ -237,6 +237,10 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
     spec = importlib.util.spec_from_file_location("study_config", repo / "configs" / "study.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # The records are of the study on ../shared/data (its corpus and GLUE files); a clone without
+    # it builds the fallback recipe, whose fingerprints differ by design.
+    if not os.path.isdir(module.common.SHARED_DATA_DIR):
+        pytest.skip(f"the study's data is not present at {module.common.SHARED_DATA_DIR} (only in the shared workspace)")
     config = module.get_config(config_arg)
     records = sorted((repo / "docs" / report_dir / "records").glob("distill__*.json"))
     if not records:
