@@ -21,8 +21,6 @@ import importlib
 import logging as py_logging
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
 # Before TensorFlow (clu's writer) and transformers are imported anywhere.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow talks a lot at import
@@ -42,6 +40,12 @@ py_logging.getLogger("transformers").addFilter(_DropTorchNotFound())
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+# The recipe lookup and the one-line error policy are shared with the other commands
+# (python -m distill_jax.data.prepare, python -m distill_jax.plan); re-exported here.
+from distill_jax.commands import (EXPECTED_ERRORS, PACKAGED_CONFIGS,  # noqa: E402,F401
+                                  resolve_config_file, run_with_one_line_errors,
+                                  with_resolved_config)
+
 # config.mode -> "module:function"; the function is called as function(config, workdir).
 MODES = {
     "distill": "distill_jax.train:train_and_evaluate",
@@ -49,8 +53,6 @@ MODES = {
     "fit_mlm_head": "distill_jax.mlm_head:fit_mlm_head",
     "study": "studies.distill_methods:run_study",   # repository-level (a checkout), not in the wheel
 }
-
-PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # present in an installed wheel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py[:arg].",
@@ -62,46 +64,6 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (else f
 flags.DEFINE_integer("num_processes", None, "Number of processes (else from the environment).")
 flags.DEFINE_integer("process_id", None, "This process's id (else from the environment).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-# ----------------------------------------------------------------------------------------------
-# --config: find the recipe file, make `from configs import common` work for it
-# ----------------------------------------------------------------------------------------------
-
-def resolve_config_file(spec: str) -> str:
-    """`path[:arg]` -> the same spec, or the packaged recipe of that file name when `path` is not a
-    file here. Also makes the recipe's `configs` package importable (recipes import configs.common)."""
-    path, sep, arg = spec.partition(":")
-    file = Path(path)
-    if not file.is_file():
-        name = file.name if file.suffix == ".py" else f"{file.name}.py"
-        if (PACKAGED_CONFIGS / name).is_file():
-            file = PACKAGED_CONFIGS / name
-    if file.is_file():
-        _make_configs_importable(file.resolve().parent)
-        spec = f"{file}{sep}{arg}"
-    return spec
-
-
-def _make_configs_importable(directory: Path) -> None:
-    if directory == PACKAGED_CONFIGS:
-        # The installed recipes are distill_jax.configs; they import themselves as `configs`.
-        sys.modules.setdefault("configs", importlib.import_module("distill_jax.configs"))
-    elif directory.name == "configs" and (directory / "__init__.py").is_file():
-        root = str(directory.parent)  # a checkout: the repository root, as `python main.py` has it
-        if root not in sys.path:
-            sys.path.insert(0, root)
-
-
-def _with_resolved_config(argv: list[str]) -> list[str]:
-    out = list(argv)
-    for i, arg in enumerate(out):
-        for prefix in ("--config=", "-config="):
-            if arg.startswith(prefix):
-                out[i] = prefix + resolve_config_file(arg[len(prefix):])
-        if arg in ("--config", "-config") and i + 1 < len(out):
-            out[i + 1] = resolve_config_file(out[i + 1])
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +106,7 @@ def unknown_override_message(argv: list[str]) -> str | None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    argv = _with_resolved_config(argv)
+    argv = with_resolved_config(argv)
     sys.argv = argv  # config_flags reads the overrides from sys.argv
     try:
         return FLAGS(argv)
@@ -181,22 +143,6 @@ def main(argv):
     module, _, function = MODES[mode].partition(":")
     getattr(importlib.import_module(module), function)(config, FLAGS.workdir)
     distributed.finished()  # peers no longer expect signs of life from this process
-
-
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)  # bad config, missing file, NaN
-
-
-def run_with_one_line_errors(entry: Callable[[], object]) -> None:
-    """Calls `entry()`; an EXPECTED_ERRORS exception becomes one stderr line `error: ...` and exit
-    status 1 (DISTILL_JAX_TRACEBACK=1 shows the traceback instead). The commands (`distill-jax` /
-    main.py, python -m distill_jax.plan) end this way on the errors we raise on purpose."""
-    try:
-        entry()
-    except EXPECTED_ERRORS as exc:
-        if os.environ.get("DISTILL_JAX_TRACEBACK"):
-            raise
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -662,7 +662,7 @@ def _run() -> None:
     # accelerator (on a TPU VM a training job may be using the chips).
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     compile_only_environment()
-    from distill_jax.cli import run_with_one_line_errors
+    from distill_jax.commands import run_with_one_line_errors
 
     run_with_one_line_errors(main)
 

@@ -52,7 +52,7 @@ def log(message: str) -> None:
 # does not orphan finished records. attention_impl picks a kernel for the same softmax attention.
 _OPERATIONAL_FIELDS = ("cache_dir", "compilation_cache_dir", "stop_after_step", "log_every", "checkpoint_every",
                        "keep_checkpoints", "async_checkpoints", "export", "peak_flops_per_device", "prefetch",
-                       "tokenize_batch_documents", "shard_blocks", "print_parameters",
+                       "tokenize_batch_documents", "shard_blocks", "build_workers", "print_parameters",
                        "attention_impl")
 
 

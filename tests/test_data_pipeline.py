@@ -80,7 +80,7 @@ def test_cache_is_reused(tokenizer, corpus, cache_dir, capsys):
     assert "cache hit" in capsys.readouterr().out
     assert again.path == corpus.path
     np.testing.assert_array_equal(again.all_blocks(), corpus.all_blocks())
-    assert isinstance(again.shards[0], np.memmap)
+    assert isinstance(again.streams[0], np.memmap)
     # Another seq_len is another cache entry; no temporary directory is left behind.
     other = build_packed_corpus(_cfg(max_documents=3), tokenizer, seq_len=32, cache_dir=cache_dir)
     assert other.path != corpus.path and other.seq_len == 32

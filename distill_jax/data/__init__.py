@@ -1,8 +1,16 @@
 """Input pipeline: real text in, packed (and MLM-masked) per-host batches out, resumable.
 
-    text source -> documents -> HF fast tokenizer (batched) -> pack into [CLS] .. [SEP] blocks of
-    seq_len -> .npy cache (memory-mapped) -> per-epoch permutation by (seed, epoch) -> this
-    process's rows of each global batch -> optional MLM masking keyed by (seed, step, row)
+    text source (in shards) -> documents -> HF fast tokenizer (batched, one worker process per
+    core) -> token stream per shard, cached as .npy (local or gs://, memory-mapped; cache.py) ->
+    [CLS] .. [SEP] blocks of seq_len framed on read -> per-epoch permutation by (seed, epoch) ->
+    this process's rows of each global batch -> optional MLM masking keyed by (seed, step, row)
+
+Prepare the cache once, before a pod job (every host then only reads it):
+
+    python -m distill_jax.data.prepare --config=configs/<recipe>.py --cache_dir=gs://bucket/cache
+
+Without a prepared cache, the processes of a multi-host job share the build (each tokenizes 1/N
+of the shards into a cache_dir they all see; load_or_build).
 
 Entry point (what the trainer calls):
 
@@ -35,7 +43,8 @@ Data config (`default_data_config()`; every field optional in a user dict):
     shuffle         permute blocks per epoch by (seed, epoch)                         (True)
     num_epochs      0 = infinite                                                         (0)
     prefetch        batches prepared ahead by a background thread; 0 = inline            (2)
-    tokenize_batch_documents, shard_blocks   build knobs                          (256, 65536)
+    tokenize_batch_documents, build_workers   build knobs (docs per tokenizer call;
+                    tokenizer processes per host, 0 = one per core)                  (256, 0)
     mlm             mask_prob 0.15, max_predictions 20, mask_token_prob 0.8,
                     random_token_prob 0.1 (used only when the trainer passes mlm=)
 
@@ -66,28 +75,36 @@ __all__ = [
 
 
 def _resolve_cache_dir(data_cfg: Any, cache_dir: str | None) -> str:
-    return os.path.expanduser(cache_dir or config_value(data_cfg, "cache_dir") or default_cache_dir())
+    chosen = cache_dir or config_value(data_cfg, "cache_dir") or default_cache_dir()
+    return chosen.rstrip("/") if "://" in chosen else os.path.expanduser(chosen)
 
 
 def build_packed_corpus(data_cfg: Any, tokenizer, *, seq_len: int | None = None,
-                        cache_dir: str | None = None) -> PackedCorpus:
-    """Tokenized, packed corpus for a data config: from the cache, else built (with progress)."""
+                        cache_dir: str | None = None, process_index: int = 0, process_count: int = 1,
+                        stop_requested=None) -> PackedCorpus:
+    """Tokenized, packed corpus for a data config: from the cache, else built (with progress).
+
+    process_index/process_count: this process's share of a shared build (cache.load_or_build);
+    stop_requested: a callable polled during the build (SIGTERM)."""
     if tokenizer is None:
         raise ValueError("tokenizer is None: load the teacher's with data.load_tokenizer(model_dir)")
     seq_len = int(seq_len or config_value(data_cfg, "seq_len"))
     cache_dir = _resolve_cache_dir(data_cfg, cache_dir)
-    source = make_source(data_cfg, cache_dir)
+    # HF datasets' own download cache stays on local disk even when our cache is on gs://.
+    source = make_source(data_cfg, default_cache_dir() if "://" in cache_dir else cache_dir)
     return load_or_build(source, tokenizer, seq_len=seq_len, cache_dir=cache_dir,
                          max_documents=int(config_value(data_cfg, "max_documents") or 0),
                          batch_documents=int(config_value(data_cfg, "tokenize_batch_documents")),
-                         shard_blocks=int(config_value(data_cfg, "shard_blocks")))
+                         process_index=process_index, process_count=process_count,
+                         workers=int(config_value(data_cfg, "build_workers") or 0),
+                         stop_requested=stop_requested)
 
 
 def build_train_iterator(data_cfg: Any, tokenizer, *, seq_len: int | None = None,
                          per_host_batch_size: int, process_index: int | None = None,
                          process_count: int | None = None, seed: int = 0,
                          mlm: MlmConfig | None = None, cache_dir: str | None = None,
-                         num_epochs: int | None = None) -> BatchIterator:
+                         num_epochs: int | None = None, stop_requested=None) -> BatchIterator:
     """This process's iterator of training batches (see the module docstring).
 
     Args:
@@ -100,13 +117,16 @@ def build_train_iterator(data_cfg: Any, tokenizer, *, seq_len: int | None = None
       mlm: None = no masking (HS/MHA objectives); an MlmConfig for OD.
       cache_dir: overrides data_cfg.cache_dir.
       num_epochs: overrides data_cfg.num_epochs; None/0 = infinite.
+      stop_requested: polled while the cache is built (a SIGTERM then ends the build).
     """
     if process_index is None or process_count is None:
         import jax  # only when the caller leaves the process layout to JAX
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    corpus = build_packed_corpus(data_cfg, tokenizer, seq_len=seq_len, cache_dir=cache_dir)
+    corpus = build_packed_corpus(data_cfg, tokenizer, seq_len=seq_len, cache_dir=cache_dir,
+                                 process_index=process_index, process_count=process_count,
+                                 stop_requested=stop_requested)
     if mlm is not None and not isinstance(mlm, MlmConfig):
         mlm = MlmConfig.from_config(mlm)
     epochs = num_epochs if num_epochs is not None else int(config_value(data_cfg, "num_epochs") or 0)

@@ -51,7 +51,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.num_epochs = 0              # 0 = infinite (each epoch reshuffled by (seed, epoch))
     c.prefetch = 2                # batches prepared ahead in a background thread (0 = inline)
     c.tokenize_batch_documents = 256  # documents per batched tokenizer call
-    c.shard_blocks = 65536        # packed blocks per cache shard file
+    c.build_workers = 0           # tokenizer processes per host when building the cache; 0 = one per core
     c.mlm = ml_collections.ConfigDict(dataclasses.asdict(MlmConfig()))
     return c
 

@@ -1,8 +1,15 @@
 """Document sources: each yields non-empty text documents in a fixed order.
 
 A source knows (a) its `fingerprint()` — a JSON-able description that goes into the cache key, cheap
-to compute (no corpus read), and (b) `documents()` — the texts — and (c) `fraction_done()` for the
-progress ETA (None when unknown, e.g. streaming datasets).
+to compute (no corpus read), (b) its shards: `num_shards()` contiguous, ordered pieces whose
+documents, concatenated in shard order, are exactly `documents()` (so hosts and worker processes
+can tokenize shards apart and the result equals a one-process build), read by
+`shard_documents(k)`, and (c) `fraction_done()`: how far the current shard's read is (0..1) for the
+progress ETA, None when unknown.
+
+Shards: file sources group their files (in order) into up to MAX_FILE_SHARDS groups of about equal
+bytes (a document never spans two files); HF datasets split by row ranges (streaming ones by their
+data files); tfds by `tfds.even_splits`; the builtin corpus is one shard.
 
 Invalid UTF-8 in files is not an error: each invalid byte sequence is replaced by U+FFFD (Python's
 'replace' handler), counted in `replaced_chars`, and the count is logged and stored in the cache
@@ -21,6 +28,13 @@ from distill_jax.data import builtin_corpus
 from distill_jax.data.config import as_path_list, config_value, validate_data_config
 
 _REPLACEMENT_BYTES = "\ufffd".encode("utf-8")
+# File sources: at most this many shards (enough to keep every core of a pod's hosts busy: a
+# v5e-16's 4 hosts x 112 vCPUs), and no shard smaller than MIN_SHARD_BYTES unless it is one file.
+MAX_FILE_SHARDS = 512
+MIN_SHARD_BYTES = 8 << 20
+# HF datasets (not streaming): rows per shard, at least.
+MIN_SHARD_ROWS = 2000
+MAX_ROW_SHARDS = 512
 
 
 class Source:
@@ -36,7 +50,19 @@ class Source:
         raise NotImplementedError
 
     def documents(self) -> Iterator[str]:
+        """Every document, in order: the shards' documents back to back."""
+        for shard in range(self.num_shards()):
+            yield from self.shard_documents(shard)
+
+    def num_shards(self) -> int:
+        return 1
+
+    def shard_documents(self, shard: int) -> Iterator[str]:
         raise NotImplementedError
+
+    def shard_rows(self, shard: int) -> int | None:
+        """Documents/rows in a shard when known before reading it (progress), else None."""
+        return None
 
     def fraction_done(self) -> float | None:
         return self._done
@@ -63,7 +89,7 @@ class BuiltinSource(Source):
     def fingerprint(self) -> dict:
         return builtin_corpus.builtin_fingerprint()
 
-    def documents(self) -> Iterator[str]:
+    def shard_documents(self, shard: int) -> Iterator[str]:
         root = builtin_corpus.stdlib_dir()
         paths = builtin_corpus._module_paths(root)  # noqa: SLF001 (same package)
         self._total = len(paths) + 1
@@ -79,6 +105,10 @@ def resolve_paths(patterns: list[str], field: str = "data.paths") -> list[str]:
         raise ValueError(f"{field} is empty: give files, directories or globs")
     files: list[str] = []
     for pattern in patterns:
+        if "://" in pattern:
+            raise ValueError(f"{field}: {pattern!r} is a remote path; text corpora are read from local "
+                             f"disk (copy them first, or use data.source='hf'/'tfds', whose data_dir "
+                             f"may be remote)")
         pattern = os.path.expanduser(pattern)
         if glob.has_magic(pattern):
             matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
@@ -107,8 +137,24 @@ class _FileSource(Source):
     def __init__(self, patterns: list[str]):
         super().__init__()
         self.files = resolve_paths(patterns)
-        self._total_bytes = max(1, sum(os.path.getsize(f) for f in self.files))
+        self.sizes = [os.path.getsize(f) for f in self.files]
+        self.shard_files = group_by_size(self.files, self.sizes, MAX_FILE_SHARDS, MIN_SHARD_BYTES)
+        self._shard_bytes = 1
         self._bytes_read = 0
+
+    def num_shards(self) -> int:
+        return len(self.shard_files)
+
+    def shard_documents(self, shard: int) -> Iterator[str]:
+        files = self.shard_files[shard]
+        self._shard_bytes = max(1, sum(os.path.getsize(f) for f in files))
+        self._bytes_read, self._done = 0, 0.0
+        for path in files:
+            yield from self._file_documents(path)
+        self._done = 1.0
+
+    def _file_documents(self, path: str) -> Iterator[str]:
+        raise NotImplementedError
 
     def _file_stats(self) -> list[list]:
         # Path, size and mtime: a changed file rebuilds the cache, an unchanged one reuses it.
@@ -119,7 +165,7 @@ class _FileSource(Source):
         with open(path, "rb") as f:
             for raw in f:
                 self._bytes_read += len(raw)
-                self._done = self._bytes_read / self._total_bytes
+                self._done = self._bytes_read / self._shard_bytes
                 yield self.decode(raw).rstrip("\r\n")
 
 
@@ -135,26 +181,25 @@ class TextSource(_FileSource):
     def fingerprint(self) -> dict:
         return {"kind": self.kind, "doc_split": self.doc_split, "files": self._file_stats()}
 
-    def documents(self) -> Iterator[str]:
-        for path in self.files:
-            if self.doc_split == "line":
-                for line in self._lines(path):
-                    if line.strip():
-                        yield line.strip()
-            elif self.doc_split == "file":
-                text = "\n".join(self._lines(path)).strip()
-                if text:
-                    yield text
-            else:  # blank_line
-                block: list[str] = []
-                for line in self._lines(path):
-                    if line.strip():
-                        block.append(line)
-                    elif block:
-                        yield "\n".join(block).strip()
-                        block = []
-                if block:
+    def _file_documents(self, path: str) -> Iterator[str]:
+        if self.doc_split == "line":
+            for line in self._lines(path):
+                if line.strip():
+                    yield line.strip()
+        elif self.doc_split == "file":
+            text = "\n".join(self._lines(path)).strip()
+            if text:
+                yield text
+        else:  # blank_line
+            block: list[str] = []
+            for line in self._lines(path):
+                if line.strip():
+                    block.append(line)
+                elif block:
                     yield "\n".join(block).strip()
+                    block = []
+            if block:
+                yield "\n".join(block).strip()
 
 
 class WikiExtractorSource(_FileSource):
@@ -169,20 +214,19 @@ class WikiExtractorSource(_FileSource):
     def fingerprint(self) -> dict:
         return {"kind": self.kind, "files": self._file_stats()}
 
-    def documents(self) -> Iterator[str]:
-        for path in self.files:
-            lines: list[str] | None = None
-            for line in self._lines(path):
-                if line.startswith("<doc ") or line == "<doc>":
-                    lines = []
-                elif line.strip() == "</doc>":
-                    if lines is not None:
-                        text = "\n".join(lines).strip()
-                        if text:
-                            yield text
-                    lines = None
-                elif lines is not None:
-                    lines.append(line)
+    def _file_documents(self, path: str) -> Iterator[str]:
+        lines: list[str] | None = None
+        for line in self._lines(path):
+            if line.startswith("<doc ") or line == "<doc>":
+                lines = []
+            elif line.strip() == "</doc>":
+                if lines is not None:
+                    text = "\n".join(lines).strip()
+                    if text:
+                        yield text
+                lines = None
+            elif lines is not None:
+                lines.append(line)
 
 
 class HFSource(Source):
@@ -200,6 +244,7 @@ class HFSource(Source):
         self.name, self.config, self.split = name, config or None, split
         self.data_files, self.text_field, self.streaming = data_files, text_field, streaming
         self.cache_dir = cache_dir
+        self._ds = None
         self._local = None
         if data_files is not None:
             files = data_files.values() if isinstance(data_files, dict) else [data_files]
@@ -214,7 +259,10 @@ class HFSource(Source):
         return {"kind": self.kind, "name": self.name, "config": self.config, "split": self.split,
                 "data_files": local, "text_field": self.text_field, "sample_by": self.sample_by}
 
-    def documents(self) -> Iterator[str]:
+    def _dataset(self):
+        """The loaded (or streaming) dataset, once per process."""
+        if self._ds is not None:
+            return self._ds
         import datasets  # heavy import; only when this source is used
 
         data_files = self.data_files
@@ -235,16 +283,55 @@ class HFSource(Source):
         if names and self.text_field not in names:
             raise ValueError(f"data.hf_text_field={self.text_field!r} is not a column of "
                              f"{self.name!r}; columns: {names}")
-        total = None if self.streaming else len(ds)
-        self._done = None if total is None else 0.0
-        for i, row in enumerate(ds):
-            if total:
-                self._done = (i + 1) / total
+        self._ds = ds
+        return ds
+
+    def _row_ranges(self) -> list[tuple[int, int]]:
+        rows = len(self._dataset())
+        per = max(MIN_SHARD_ROWS, -(-rows // MAX_ROW_SHARDS))
+        return [(start, min(rows, start + per)) for start in range(0, rows, per)] or [(0, 0)]
+
+    def num_shards(self) -> int:
+        if self.streaming:  # whole data files: the finest split a stream has
+            return max(1, int(getattr(self._dataset(), "num_shards", 1) or 1))
+        return len(self._row_ranges())
+
+    def total_rows(self) -> int | None:
+        """The split's row count: len() of a loaded dataset, the dataset info's for a stream."""
+        ds = self._dataset()
+        if not self.streaming:
+            return len(ds)
+        try:
+            return int(ds.info.splits[self.split].num_examples)
+        except Exception:  # noqa: BLE001 - local files and some hub datasets carry no split info
+            return None
+
+    def shard_rows(self, shard: int) -> int | None:
+        if self.streaming:
+            total = self.total_rows()
+            return None if total is None else -(-total // self.num_shards())
+        start, stop = self._row_ranges()[shard]
+        return stop - start
+
+    def shard_documents(self, shard: int) -> Iterator[str]:
+        ds = self._dataset()
+        if self.streaming:
+            n = self.num_shards()
+            part = ds.shard(num_shards=n, index=shard) if n > 1 else ds
+        else:
+            start, stop = self._row_ranges()[shard]
+            part = ds.select(range(start, stop))
+        expected = self.shard_rows(shard)
+        self._done = None if not expected else 0.0
+        for i, row in enumerate(part):
+            if expected:
+                self._done = min(1.0, (i + 1) / expected)
             text = row[self.text_field]
             if isinstance(text, bytes):
                 text = self.decode(text)
             if text and text.strip():
                 yield text.strip()
+        self._done = 1.0
 
 
 class TfdsSource(Source):
@@ -260,12 +347,14 @@ class TfdsSource(Source):
         return {"kind": self.kind, "name": self.name, "data_dir": self.data_dir,
                 "split": self.split, "text_field": self.text_field}
 
-    def documents(self) -> Iterator[str]:
+    # tfds reads a split's records through its even sub-splits; 64 keeps every core busy on a host.
+    NUM_SHARDS = 64
+
+    def _builder(self):
         import tensorflow_datasets as tfds  # heavy import; only when this source is used
 
         try:
             builder = tfds.builder(self.name, data_dir=self.data_dir)
-            ds = builder.as_dataset(split=self.split, shuffle_files=False)
         except Exception as e:  # tfds raises many types (DatasetNotFoundError, AssertionError ..)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FileNotFoundError(
@@ -273,13 +362,29 @@ class TfdsSource(Source):
                 f"could not be opened: {first}. Prepare it with `tfds build` or point "
                 f"data.tfds_data_dir at a prepared copy") from e
         try:
-            total = builder.info.splits[self.split].num_examples
+            total = int(builder.info.splits[self.split].num_examples)
         except Exception:  # noqa: BLE001 (split arithmetic like 'train[:10%]' has no count)
             total = None
-        self._done = None if not total else 0.0
+        return tfds, builder, total
+
+    def num_shards(self) -> int:
+        _, _, total = self._builder()
+        return max(1, min(self.NUM_SHARDS, total)) if total else 1
+
+    def shard_rows(self, shard: int) -> int | None:
+        _, _, total = self._builder()
+        return -(-total // self.num_shards()) if total else None
+
+    def shard_documents(self, shard: int) -> Iterator[str]:
+        tfds, builder, _ = self._builder()
+        n = self.num_shards()
+        split = tfds.even_splits(self.split, n=n)[shard] if n > 1 else self.split
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+        expected = self.shard_rows(shard)
+        self._done = 0.0 if expected else None
         for i, example in enumerate(tfds.as_numpy(ds)):
-            if total:
-                self._done = min(1.0, (i + 1) / total)
+            if expected:
+                self._done = min(1.0, (i + 1) / expected)
             if self.text_field not in example:
                 raise ValueError(f"data.tfds_text_field={self.text_field!r} is not a feature of "
                                  f"{self.name!r}; features: {sorted(example)}")
@@ -289,6 +394,23 @@ class TfdsSource(Source):
             text = str(text).strip()
             if text:
                 yield text
+        self._done = 1.0
+
+
+def group_by_size(items: list[str], sizes: list[int], max_groups: int, min_bytes: int) -> list[list[str]]:
+    """Consecutive items cut into at most max_groups groups of about equal total size (each at
+    least min_bytes, except when a single item is smaller); order kept, none empty."""
+    total = sum(sizes)
+    groups_wanted = max(1, min(len(items), max_groups, total // max(1, min_bytes) or 1))
+    target = total / groups_wanted
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for item, size in zip(items, sizes):
+        if groups[-1] and filled + size / 2 > target * len(groups) and len(groups) < groups_wanted:
+            groups.append([])
+        groups[-1].append(item)
+        filled += size
+    return groups
 
 
 def make_source(data_cfg: Any, cache_dir: str | None = None) -> Source:

@@ -1,0 +1,71 @@
+"""What every command line of the package shares (no flags are defined here): finding a recipe
+file from `--config=...`, and the one-line error policy.
+
+Used by `distill-jax` / main.py (cli.py), `python -m distill_jax.data.prepare` and
+`python -m distill_jax.plan`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # present in an installed wheel
+
+
+def resolve_config_file(spec: str) -> str:
+    """`path[:arg]` -> the same spec, or the packaged recipe of that file name when `path` is not a
+    file here. Also makes the recipe's `configs` package importable (recipes import configs.common)."""
+    path, sep, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        name = file.name if file.suffix == ".py" else f"{file.name}.py"
+        if (PACKAGED_CONFIGS / name).is_file():
+            file = PACKAGED_CONFIGS / name
+    if file.is_file():
+        _make_configs_importable(file.resolve().parent)
+        spec = f"{file}{sep}{arg}"
+    return spec
+
+
+def _make_configs_importable(directory: Path) -> None:
+    if directory == PACKAGED_CONFIGS:
+        # The installed recipes are distill_jax.configs; they import themselves as `configs`.
+        sys.modules.setdefault("configs", importlib.import_module("distill_jax.configs"))
+    elif directory.name == "configs" and (directory / "__init__.py").is_file():
+        root = str(directory.parent)  # a checkout: the repository root, as `python main.py` has it
+        if root not in sys.path:
+            sys.path.insert(0, root)
+
+
+def with_resolved_config(argv: list[str]) -> list[str]:
+    """argv with its `--config=<spec>` resolved by resolve_config_file."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        for prefix in ("--config=", "-config="):
+            if arg.startswith(prefix):
+                out[i] = prefix + resolve_config_file(arg[len(prefix):])
+        if arg in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = resolve_config_file(out[i + 1])
+    return out
+
+
+# Bad config, missing file, NaN, damaged cache, a timeout waiting on other hosts, a stop by SIGTERM.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TimeoutError)
+
+
+def run_with_one_line_errors(entry: Callable[[], object]) -> None:
+    """Calls `entry()`; an EXPECTED_ERRORS exception becomes one stderr line `error: ...` and exit
+    status 1 (DISTILL_JAX_TRACEBACK=1 shows the traceback instead). The commands (`distill-jax` /
+    main.py, python -m distill_jax.plan, python -m distill_jax.data.prepare) end this way on the
+    errors we raise on purpose."""
+    try:
+        entry()
+    except EXPECTED_ERRORS as exc:
+        if os.environ.get("DISTILL_JAX_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
