@@ -125,7 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.export = True               # write workdir/export (HF format) at the end
     c.print_parameters = False    # also print the per-parameter table (always in workdir/parameters.txt)
     # JAX persistent compilation cache (a local dir or gs://...): a restarted or resumed job loads
-    # its compiled step instead of compiling again. '' = off.
+    # its compiled step instead of compiling again. '' = <workdir>/compilation_cache; 'off' = none.
     c.compilation_cache_dir = ""
     # Peak FLOP/s of one device for MFU; 0 = datasheet figure by device kind (TPU/GPU), measured
     # matmul rate on CPU.

@@ -149,10 +149,18 @@ def run(argv: list[str] | None = None) -> None:
     """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
     missing teacher, NaN) and for a lost peer process (exit 75)."""
     from distill_jax.distributed import PeerLost, exit_peer_lost
+    from distill_jax.preemption import STOPPED_EXIT_CODE, Stopped
+
     def entry():
         try:
             app.run(main, argv=argv if argv is not None else sys.argv, flags_parser=_parse_flags)
         except PeerLost as exc:
             exit_peer_lost(exc)  # one line, exit 75, no jax.distributed shutdown (it would abort)
+        except Stopped as exc:
+            # One line, exit 143. Skip jax.distributed's shutdown barrier: peers that heard no
+            # SIGTERM may still be compiling; they stop on the published stop or notice us gone.
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(STOPPED_EXIT_CODE)
 
     run_with_one_line_errors(entry)

@@ -1,15 +1,18 @@
 """The distillation trainer: `train_and_evaluate(config, workdir)`, in commented phases.
 
   1. check the config (every impossible value named before anything heavy runs); resolve the
-     teacher's directory (fails in seconds when it is not reachable)
-  2. mesh; workdir/config.json (the config this run started with)
+     teacher's directory (fails in seconds when it is not reachable; a gs:// teacher is copied
+     once per host); SIGTERM is heard from here on (distill_jax/preemption.py)
+  2. mesh; workdir/config.json (the config this run started with); the persistent compilation
+     cache (default <workdir>/compilation_cache, so a restart loads the compiled step)
   3-4. teacher (loaded once, cast once), student, objective (+ aux params), optimizer state, all
      created already sharded, and the jitted step: distill_jax.train_setup.build_train_setup,
      the builder the benchmark and the TPU plan (python -m distill_jax.plan) call too
-  5. data iterator (per host)
-  6. resume from the newest checkpoint in workdir, if any
-  7. compile the step (ahead of time, so its cost and per-device memory are reported apart)
-  8. the loop: step, metrics, NaN check, checkpoints, preemption (SIGTERM)
+  5. compile the step from the abstract batch, before any data work: a compile error or an OOM
+     shows within minutes, not after an hour of tokenizing
+  6. data iterator (per host; the cache built once, by all hosts together when none is prepared)
+  7. resume from the newest checkpoint in workdir, if any
+  8. the loop: step, metrics, NaN check, checkpoints, preemption (SIGTERM, agreed every step)
   9. the end: final checkpoint, export in HF format, summary.json, loss-curve PNG
 
 Workdir layout: config.json, checkpoints/<step>/... (+ checkpoints/history.json),
@@ -22,7 +25,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ from etils import epath
 from flax import nnx
 
 from distill_jax import checkpoint as ckpt_lib
+from distill_jax import preemption as preemption_lib
 from distill_jax import metrics as metrics_lib
 from distill_jax import sharding, train_setup
 from distill_jax import step as step_lib
@@ -60,58 +63,6 @@ def host_params(params: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Preemption
-# ----------------------------------------------------------------------------------------------
-
-class PreemptionWatch:
-    """Stops the loop cleanly on SIGTERM (what TPU VMs and SLURM send before preempting): the loop
-    finishes the current step, saves and exits; rerunning the same command resumes.
-
-    Multi-process jobs must stop at the same step everywhere. When jax.distributed runs its
-    preemption sync manager (it hears SIGTERM through the coordination service), every process asks
-    it each step; otherwise each process's flag is all-gathered at log/checkpoint steps.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        self._jax_sync = jax.process_count() > 1 and _jax_preemption_sync_available()
-        if not self._jax_sync:  # a Python handler would replace the coordination service's one
-            try:
-                self._previous = signal.signal(signal.SIGTERM, self._handle)
-            except ValueError:  # not the main thread: no handler
-                self._previous = None
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def should_stop(self, step: int, at_sync_point: bool) -> bool:
-        from jax.experimental import multihost_utils
-
-        if self._jax_sync:
-            return bool(multihost_utils.reached_preemption_sync_point(step))
-        if jax.process_count() == 1:
-            return self.requested
-        if not at_sync_point:
-            return False
-        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
-        return bool(np.any(flags))
-
-    def close(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _jax_preemption_sync_available() -> bool:
-    try:
-        from jax._src import distributed
-        return distributed.global_state.preemption_sync_manager is not None
-    except (ImportError, AttributeError):
-        return False
-
-
-# ----------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------
 
@@ -126,17 +77,46 @@ class RunResult:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     """Distils config.teacher into a student as config says; checkpoints/logs/exports in workdir."""
+    config = ml_collections.ConfigDict(config)  # never mutate the caller's config
+    workdir = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
+    train_setup.check_config(config, jax.process_count())
+    stop = preemption_lib.StopSignal()  # SIGTERM from here on: before the loop, one line and out
+    try:
+        return _train(config, workdir, stop)
+    finally:
+        stop.close()
+
+
+def compilation_cache_dir(config, workdir: str) -> str | None:
+    """config.compilation_cache_dir: '' = <workdir>/compilation_cache (gs:// works: every host
+    and every restart of the run share it), 'off' = no persistent cache, else that directory."""
+    choice = str(config.get("compilation_cache_dir", "") or "")
+    if choice.lower() in ("off", "none", "false"):
+        return None
+    return choice or f"{workdir}/compilation_cache"
+
+
+def data_cache_dir(config, workdir: str) -> str | None:
+    """Where the data cache is read/built: config.data.cache_dir when set; else, in a multi-process
+    job, <workdir>/data_cache (the workdir is shared by every host, so the hosts can share the
+    build); else None (the local default, $DISTILL_JAX_CACHE or ~/.cache/distill_jax/data)."""
+    if config.data.get("cache_dir"):
+        return None  # the data config's own field
+    if jax.process_count() > 1:
+        shared = f"{workdir}/data_cache"
+        log(f"data.cache_dir unset in a {jax.process_count()}-process job: the hosts share the "
+            f"build in {shared} (prepare it once instead: python -m distill_jax.data.prepare "
+            f"--config=<recipe> --cache_dir=<dir>, then --config.data.cache_dir=<dir>)")
+        return shared
+    return None
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
     from distill_jax import models
     from distill_jax.models.hf_io import read_hf_config
 
     t_start = time.time()
-    config = ml_collections.ConfigDict(config)  # never mutate the caller's config
-    workdir = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
-
-    # 1. Config checks, then the teacher's whereabouts: both fail in seconds with one line.
-    train_setup.check_config(config, jax.process_count())
-    if config.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    # 1. The teacher's whereabouts: fails in seconds with one line (the config was checked).
     try:
         teacher_dir = str(models.resolve_model_dir(config.teacher.name))
     except FileNotFoundError as exc:
@@ -146,13 +126,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     validate_data_config(config.data)
     teacher_hf = read_hf_config(Path(teacher_dir))
 
-    # 2. Mesh.
+    # 2. Mesh, and the persistent compilation cache (shared by every host when on gs://).
     mesh = train_setup.make_config_mesh(config, jax.devices())
     log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es); workdir {workdir}")
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         epath.Path(f"{workdir}/config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    compilation_cache = compilation_cache_dir(config, workdir)
+    _use_compilation_cache(compilation_cache)
+    stop.check("start-up")
 
     # 3-4. Teacher, student, objective, optimizer, shardings and the jitted step, through the one
     # builder the benchmark and the TPU plan use (distill_jax/train_setup.py). Everything that
@@ -182,17 +165,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         log(f"trainable parameters: student {metrics_lib.count_parameters(params['student']):,}, "
             f"objective aux {metrics_lib.count_parameters(params['aux']):,}; teacher (frozen) "
             f"{metrics_lib.count_parameters(teacher_params):,}; table in {workdir}/parameters.txt")
+    stop.check("the model build")
 
-    # 5. Data: this host's rows of every global batch.
+    # 5. Compile ahead of time from the abstract batch, before any data work (the plan compiles
+    # this same jitted step the same way); a SIGTERM during the compile stops at once.
+    t0 = time.time()
+    compiled = stop.run("the compile", lambda: setup.lower().compile())
+    compile_s = time.time() - t0
+    memory = train_setup.memory_bytes(compiled)
+    log(f"step compiled in {compile_s:.1f}s{_memory_line(memory)}"
+        + (f"; compilation cache {compilation_cache}" if compilation_cache else ""))
+
+    # 6. Data: this host's rows of every global batch.
     from distill_jax import data as data_lib
     tokenizer = data_lib.load_tokenizer(teacher_dir)
     data_lib.check_vocab(tokenizer, teacher_cfg.vocab_size)
-    data_iter = data_lib.build_train_iterator(
-        config.data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
-        process_index=jax.process_index(), process_count=jax.process_count(), seed=seed,
-        mlm=data_lib.MlmConfig.from_config(config.data.mlm) if objective.needs_mlm_batch else None)
+    t0 = time.time()
+    try:
+        data_iter = data_lib.build_train_iterator(
+            config.data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
+            process_index=jax.process_index(), process_count=jax.process_count(), seed=seed,
+            mlm=data_lib.MlmConfig.from_config(config.data.mlm) if objective.needs_mlm_batch else None,
+            cache_dir=data_cache_dir(config, workdir), stop_requested=stop.stop_requested)
+    except InterruptedError:
+        raise preemption_lib.Stopped("the data build") from None
+    log(f"data ready in {time.time() - t0:.1f}s: {data_iter.corpus.num_blocks:,} blocks of "
+        f"{data_iter.corpus.seq_len} in {data_iter.corpus.path}")
+    stop.check("the data build")
 
-    # 6. Resume.
+    # 7. Resume.
     checkpointer = ckpt_lib.Checkpointer(
         f"{workdir}/checkpoints", max_to_keep=config.keep_checkpoints,
         async_save=config.async_checkpoints)
@@ -206,22 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         elapsed_before = float(restored.meta.get("elapsed_s", 0.0))
         log(f"resumed from checkpoint step {restored.step} in {checkpointer.directory}")
     start_step = int(jax.device_get(state["step"]))
-
-    # 7. Compile ahead of time (the plan compiles this same jitted step from abstract shapes).
-    jitted = setup.jitted
-    # Listen for SIGTERM from here on: a preemption during compilation stops after the first step.
-    preemption = PreemptionWatch()
-    first_local = next(data_iter)
-    first_batch = sharding.global_batch_from_local(first_local, mesh)
-    t0 = time.time()
-    try:
-        compiled = jitted.lower(state, teacher_params, first_batch).compile()
-    except BaseException:
-        preemption.close()
-        raise
-    compile_s = time.time() - t0
-    memory = train_setup.memory_bytes(compiled)
-    log(f"step compiled in {compile_s:.1f}s{_memory_line(memory)}")
+    stop.check("the restore")
+    first_batch = sharding.global_batch_from_local(next(data_iter), mesh)
 
     tokens_per_step = config.batch_size * config.data.seq_len
     flops_per_step = setup.step_flops()
@@ -251,6 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     batch = first_batch
     loop_start = time.time()
 
+    in_flight = None  # the previous step's metrics: waited for, so no process runs ahead (preemption.py)
+
     def save(at_step: int):
         checkpointer.save(at_step, state, data_iter.get_state(),
                           {"seed": seed, "elapsed_s": elapsed_before + time.time() - loop_start})
@@ -266,11 +255,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             step += 1
             distributed.note_step(step)
             pending.append(step_metrics)
+            preemption_lib.wait_for_step(in_flight)
+            in_flight = step_metrics
 
             log_now = step % config.log_every == 0 or step == config.total_steps or step == start_step + 1
             save_now = step % config.checkpoint_every == 0 or step == config.total_steps
-            stop_now = (preemption.should_stop(step, at_sync_point=log_now or save_now)
-                        or bool(stop_after and step >= stop_after))
+            stop_now = stop.should_stop(step) or bool(stop_after and step >= stop_after)
             if log_now or save_now or stop_now:
                 host_metrics = jax.device_get(pending)
                 pending = []
@@ -296,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             if stop_now:
                 preempted = step < config.total_steps
                 if preempted:
-                    log(f"stopping at step {step} ({'SIGTERM' if preemption.requested else 'stop_after_step'})"
+                    log(f"stopping at step {step} ({'SIGTERM' if stop.stop_at is not None or stop.requested else 'stop_after_step'})"
                         f"; checkpoint saved, rerun the same command to resume")
                 break
     except Exception as exc:
@@ -307,7 +297,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         peer_lost = distributed.PeerLost(step, checkpointer.latest_complete_step(), exc)
         raise peer_lost from exc
     finally:
-        preemption.close()
         if peer_lost is None:  # waiting would block on the dead peer
             checkpointer.wait()
             writer.flush()
@@ -340,6 +329,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         log(f"summary written to {workdir}/summary.json")
     return RunResult(final_step=step, final_metrics=last_metrics or {}, preempted=preempted,
                      summary=summary)
+
+
+def _use_compilation_cache(directory: str | None) -> None:
+    if directory == jax.config.jax_compilation_cache_dir:
+        return
+    from jax._src import compilation_cache as jax_cache
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax_cache.reset_cache()  # the cache object keeps the first directory it opened otherwise
 
 
 def _memory_line(memory: dict | None) -> str:

@@ -177,3 +177,48 @@ def test_a_damaged_cache_is_named_and_rebuilt(tokenizer, corpus_dir, tmp_path, c
 def test_remote_paths_in_text_corpora_are_refused_in_one_line():
     with pytest.raises(ValueError, match="remote path"):
         make_source(_cfg("gs://bucket/corpus"))
+
+
+def test_a_gs_cache_is_built_mirrored_and_verified(tokenizer, corpus_dir, tmp_path, monkeypatch, capsys):
+    """cache_dir=gs://... (epath): shards and meta.json land in the bucket, never in a local
+    folder named 'gs:'; a reader mirrors the entry into its local cache, verifying every shard."""
+    from fake_gcs import fake_gcs
+
+    monkeypatch.setenv("DISTILL_JAX_CACHE", str(tmp_path / "local"))
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(corpus_dir, build_workers=1)
+    with fake_gcs(str(tmp_path / "bucket_root")):
+        corpus = build_packed_corpus(cfg, tokenizer, cache_dir="gs://bucket/cache")
+        assert corpus.path.startswith("gs://bucket/cache/")
+        entry = tmp_path / "bucket_root" / "bucket" / "cache" / os.path.basename(corpus.path)
+        assert (entry / "meta.json").is_file() and len(list(entry.glob("stream_*.npy"))) == 7
+        assert not (tmp_path / "gs:").exists()
+        mirror = tmp_path / "local" / "mirror" / os.path.basename(corpus.path)
+        assert len(list(mirror.glob("stream_*.npy"))) == 7
+        np.testing.assert_array_equal(corpus.all_blocks(), _reference_blocks(tokenizer, cfg))
+        # A second host (an empty local cache) reads the same entry.
+        monkeypatch.setenv("DISTILL_JAX_CACHE", str(tmp_path / "host2"))
+        capsys.readouterr()
+        again = build_packed_corpus(cfg, tokenizer, cache_dir="gs://bucket/cache")
+        assert "mirrored and verified 7 shard(s)" in capsys.readouterr().out
+        assert again.content_sha256 == corpus.content_sha256
+
+
+def test_a_gs_teacher_is_copied_once_and_loaded(tmp_path, monkeypatch):
+    from distill_jax.models import resolve_model_dir
+    from fake_gcs import fake_gcs
+
+    monkeypatch.setenv("DISTILL_JAX_CACHE", str(tmp_path / "local" / "data"))
+    bucket = tmp_path / "root" / "bucket" / "teachers" / "minilm"
+    import shutil
+    shutil.copytree(_teacher_dir(), bucket)
+    with fake_gcs(str(tmp_path / "root")):
+        local = resolve_model_dir("gs://bucket/teachers/minilm")
+        assert str(local).startswith(str(tmp_path / "local" / "models"))
+        want = sorted(p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file())
+        assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == want
+        assert resolve_model_dir("gs://bucket/teachers/minilm") == local  # reused, not copied again
+        with pytest.raises(FileNotFoundError, match="gs://bucket/teachers/missing"):
+            resolve_model_dir("gs://bucket/teachers/missing")
+    tok = load_tokenizer(str(local))
+    assert tok("hello world")["input_ids"][0] == tok.cls_token_id

@@ -236,8 +236,8 @@ def test_export_loads_with_transformers_and_matches_our_student(run_8dev, tiny_t
 @pytest.mark.slow
 def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_teacher, data_cache, tmp_path,
                                                                compilation_cache):
-    """A subprocess gets SIGTERM (a preemption notice) as soon as its step is compiled: it finishes
-    the step it is in, saves a checkpoint and exits 0. Restarted on the same workdir, the run must
+    """A subprocess gets SIGTERM (a preemption notice) as soon as its first step is logged: it
+    finishes the step it is in, saves a checkpoint and exits 0. Restarted on the same workdir, the run must
     end exactly where the uninterrupted reference run ended (same params, optimizer state, data
     position and dropout keys)."""
     from distill_jax.train import train_and_evaluate
@@ -252,7 +252,7 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "step compiled" in line:
+            if line.startswith("[distill] step 1/"):
                 proc.send_signal(signal.SIGTERM)
                 break
         rest, _ = proc.communicate(timeout=120)
@@ -518,3 +518,120 @@ def test_impossible_values_name_the_field_before_compiling(tiny_teacher, data_ca
     assert "\n" not in str(info.value)
     assert time.time() - start < 30
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def _run_main_until(config_file: Path, workdir: Path, trigger: str, *, num_devices: int = 8,
+                    timeout: float = 300) -> tuple[int, str, float]:
+    """Runs main.py, sends SIGTERM when a stdout line starts with `trigger`; returns (exit code,
+    all output, seconds from the signal to the exit)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), f"--config={config_file}", f"--workdir={workdir}"],
+        cwd=REPO, env=subprocess_env(num_devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    lines, signalled = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(trigger):
+                proc.send_signal(signal.SIGTERM)
+                signalled = time.time()
+                break
+        rest, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert signalled is not None, "".join(lines)[-3000:]
+    return proc.returncode, "".join(lines) + rest, time.time() - signalled
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_data_build_ends_at_once_with_one_line(tiny_teacher, tmp_path):
+    """The step is compiled before any data work; a SIGTERM while the corpus is tokenized ends the
+    run in one line (exit 143) without a complete cache entry, and the next run builds it."""
+    config = tiny_config(tiny_teacher, str(tmp_path / "cache"))
+    config.data.max_documents = 0          # the whole builtin corpus: long enough to interrupt
+    config.data.build_workers = 1
+    config.compilation_cache_dir = "off"
+    config_file = write_config_file(tmp_path / "tiny_sigterm_data.py", config)
+    code, output, exit_s = _run_main_until(config_file, tmp_path / "w", "[distill_jax.data] cache miss")
+    assert code == 143, output[-3000:]
+    assert output.index("step compiled") < output.index("cache miss")  # compile first, then data
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: stopped by SIGTERM during the data build; nothing is half-written, "
+                      "rerun the same command to continue"], output[-3000:]
+    assert "Traceback" not in output
+    assert not list((tmp_path / "cache").glob("*/meta.json"))  # no entry claims to be complete
+    assert exit_s < 30, exit_s
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_compile_ends_at_once(tiny_teacher, data_cache, tmp_path):
+    config = tiny_config(tiny_teacher, data_cache)
+    config.compilation_cache_dir = "off"   # a real compile, not a cache load
+    config_file = write_config_file(tmp_path / "tiny_sigterm_compile.py", config)
+    code, output, exit_s = _run_main_until(config_file, tmp_path / "w", "[distill] attention:")
+    assert code == 143, output[-3000:]
+    assert re.search(r"^error: stopped by SIGTERM during the (model build|compile);", output, re.M), output[-3000:]
+    assert "Traceback" not in output and "step 1/" not in output
+    assert exit_s < 30, exit_s
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(run_8dev, tiny_teacher, data_cache,
+                                                                       tmp_path, compilation_cache):
+    """Only process 1 hears SIGTERM (mid-run): both processes stop after the same step, save it and
+    exit 0 (the stop is agreed through the coordination service, preemption.py); the rerun resumes
+    and ends at the uninterrupted run's losses."""
+    config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
+    config.total_steps = 30
+    config.checkpoint_every = 50  # only the stop's own save
+    config.export = False
+    config_file = write_config_file(tmp_path / "tiny_2proc_sigterm.py", config)
+    workdir = tmp_path / "w"
+    procs = _start_two_processes(config_file, workdir)
+    try:
+        for line in procs[0].stdout:
+            if line.startswith("[distill] step 3/"):
+                procs[1].send_signal(signal.SIGTERM)
+                break
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    stopped = re.search(r"stopping at step (\d+) \(SIGTERM\)", outputs[0][0])
+    assert stopped, outputs[0][0][-3000:]
+    stop_step = int(stopped.group(1))
+    assert 3 < stop_step < 30
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [stop_step]
+
+    procs = _start_two_processes(config_file, workdir)
+    try:
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert all(proc.returncode == 0 for proc in procs), outputs[0][1][-3000:]
+    assert f"resumed from checkpoint step {stop_step}" in outputs[0][0]
+    from distill_jax.train import train_and_evaluate
+    reference = logged_losses(train_and_evaluate(config, str(tmp_path / "uninterrupted")))
+    resumed = {row["step"]: row["loss"] for row in _history(str(workdir))}
+    for step in range(1, 31):
+        assert resumed[step] == pytest.approx(reference[step], rel=2e-4), step
+
+
+def test_the_compilation_cache_defaults_to_the_workdir(tiny_teacher, data_cache, tmp_path):
+    """compilation_cache_dir '' = <workdir>/compilation_cache: a restarted run finds its step there."""
+    from distill_jax.train import compilation_cache_dir
+
+    config = tiny_config(tiny_teacher, data_cache)
+    assert compilation_cache_dir(config, "gs://b/run") == "gs://b/run/compilation_cache"
+    config.compilation_cache_dir = "off"
+    assert compilation_cache_dir(config, str(tmp_path)) is None
+    config.compilation_cache_dir = str(tmp_path / "elsewhere")
+    assert compilation_cache_dir(config, str(tmp_path)) == str(tmp_path / "elsewhere")

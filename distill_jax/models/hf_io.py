@@ -79,10 +79,14 @@ def _hub_offline_error(name: str) -> FileNotFoundError:
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local directory for `name_or_path`: an existing directory; the offline teacher package for
+    """A local directory for `name_or_path`: an existing directory; a gs:// directory (copied once
+    per host into the local cache, distill_jax/remote.py); the offline teacher package for
     'sentence-transformers/all-MiniLM-L6-v2' (or 'all-MiniLM-L6-v2'); the local HF cache; else a hub
     download of config/safetensors/tokenizer files. Raises a one-line FileNotFoundError otherwise."""
     name = os.fspath(name_or_path)
+    if "://" in name:  # gs://bucket/teacher: copied once per host, then loaded as a local directory
+        from distill_jax.remote import local_copy
+        return Path(local_copy(name, "models"))
     path = Path(name).expanduser()
     if path.is_dir():
         return path
