@@ -69,7 +69,7 @@ def _reference_blocks(tokenizer, cfg):
 
 @pytest.fixture(scope="module", autouse=True)
 def small_shards():
-    # The test corpus is tiny: one shard per file instead of 8 MiB shards.
+    # The test corpus is tiny: one shard per file instead of shards of at least 1 MiB.
     from distill_jax.data import sources
     old = sources.MIN_SHARD_BYTES
     sources.MIN_SHARD_BYTES = 1

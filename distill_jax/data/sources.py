@@ -31,7 +31,7 @@ _REPLACEMENT_BYTES = "\ufffd".encode("utf-8")
 # File sources: at most this many shards (enough to keep every core of a pod's hosts busy: a
 # v5e-16's 4 hosts x 112 vCPUs), and no shard smaller than MIN_SHARD_BYTES unless it is one file.
 MAX_FILE_SHARDS = 512
-MIN_SHARD_BYTES = 8 << 20
+MIN_SHARD_BYTES = 1 << 20
 # HF datasets (not streaming): rows per shard, at least.
 MIN_SHARD_ROWS = 2000
 MAX_ROW_SHARDS = 512
