@@ -20,6 +20,7 @@
 #   DISTILL_JAX_SETUP_EXTRAS     passed to scripts/env.sh as its argument (e.g. "test")
 #   DISTILL_JAX_NO_INSTALL=1     scripts/env.sh refuses instead of installing (the rehearsal)
 #   DISTILL_JAX_TPU=0|1          install requirements/tpu.txt (default: when /dev/accel* or /dev/vfio/* exist)
+#   DISTILL_JAX_LOG_SYNC_S       seconds between copies of the log to <workdir>/logs (default 30)
 #   DISTILL_JAX_COORDINATOR_ADDRESS, DISTILL_JAX_NUM_PROCESSES, DISTILL_JAX_PROCESS_ID
 #                                appended to a training command as --coordinator_address=
 #                                --num_processes= --process_id= when set. A TPU VM sets none of
