@@ -81,6 +81,7 @@ choose_python() {  # prints the interpreter's path; with $1 = dry-run prints the
 alive_runs() {  # names of runs whose process is alive on this worker
   local pidfile
   for pidfile in "$runs_root"/*/worker-"$WORKER".pid; do
+    [ -L "$(dirname "$pidfile")" ] && continue   # "current" points at a run listed anyway
     [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && basename "$(dirname "$pidfile")"
   done
 }
@@ -89,7 +90,7 @@ setup() {
   local commit="$1" tarball="$HOME/distill_jax-$1.tar"
   [ -f "$tarball" ] || die "$tarball is missing (tpu_pod.sh --setup copies it first)"
   local running
-  running="$(alive_runs | tr '\n' ' ')"
+  running="$(alive_runs | paste -sd ' ')"
   [ -z "$running" ] || die "run(s) $running still running here: stop them first (tpu_pod.sh --stop)"
   local new="$code_root/$commit"
   mkdir -p "$code_root"
