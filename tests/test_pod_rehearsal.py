@@ -81,8 +81,9 @@ def pod(repo: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.C
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def shipped(tmp_path_factory) -> Path:
+    """Per test: the setup test commits to it and leaves it dirty."""
     return snapshot_repo(tmp_path_factory.mktemp("shipped_repo"))
 
 
@@ -126,6 +127,54 @@ def test_setup_ships_tracked_files_replaces_the_code_and_refuses_a_dirty_tree(sh
     assert allowed.returncode == 0, allowed.stderr
     assert f"shipping commit {second_commit}" in allowed.stdout and "NOT shipped" in allowed.stdout
     assert "uncommitted line" not in (tmp_path / "slice" / "worker-0" / "distill_jax" / "README.md").read_text()
+
+
+def test_a_run_that_ignores_sigterm_blocks_setup_then_stop_reports_and_force_kills(shipped, tmp_path):
+    """Process management alone, with a command that ignores SIGTERM (a trainer stuck before its
+    loop): setup refuses while it lives, --stop reports it still alive after --timeout (exit 1),
+    --stop --force kills the whole process group (exit 137 recorded)."""
+    env = pod_env(tmp_path / "slice")
+    assert pod(shipped, env, "--setup").returncode == 0
+    assert pod(shipped, env, "--status").stdout.splitlines() == [f"worker {i}: no run" for i in range(WORKERS)]
+    stubborn = "bash ~/distill_jax/launch/pod_worker.sh start --run=stubborn --kind=prepare -- " \
+               "bash -c 'trap \"\" TERM; sleep 600'"
+    started = subprocess.run(["gcloud", "compute", "tpus", "tpu-vm", "ssh", "rehearsal", "--zone=local-a",
+                              "--worker=all", f"--command={stubborn}"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert started.returncode == 0, started.stderr + started.stdout
+    pids = [int((tmp_path / "slice" / f"worker-{i}" / "distill_jax_runs" / "stubborn" / f"worker-{i}.pid").read_text())
+            for i in range(WORKERS)]
+    try:
+        for pid in pids:
+            assert os.getsid(pid) == pid != os.getsid(0)  # its own session: no terminal to lose
+        refused = pod(shipped, env, "--setup")
+        assert refused.returncode != 0
+        assert refused.stdout.count("error: run(s) stubborn still running here: stop them first") == WORKERS
+        stop = pod(shipped, env, "--stop", "--timeout=2")
+        assert stop.returncode == 1 and stop.stdout.count("still alive 2 s after SIGTERM") == WORKERS, stop.stdout
+        assert all(_alive(pid) for pid in pids)
+        force = pod(shipped, env, "--stop", "--force")
+        assert force.returncode == 0, force.stdout + force.stderr
+        assert [line.split(" | ")[0] for line in force.stdout.splitlines()] == [
+            f"worker {i}: stubborn exited 137" for i in range(WORKERS)]
+        deadline = time.time() + 10
+        while any(_alive(pid) for pid in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.killpg(pid, 9)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is not alive.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().split(") ", 1)[1].startswith("Z"))
 
 
 # ------------------------------------------------------------------------------------------------
