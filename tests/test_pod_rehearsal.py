@@ -87,6 +87,34 @@ def shipped(tmp_path_factory) -> Path:
     return snapshot_repo(tmp_path_factory.mktemp("shipped_repo"))
 
 
+@pytest.mark.slow  # python -m venv runs ensurepip: ~15 s idle, ~60 s on the loaded 2-core machine
+def test_env_sh_builds_the_venv_with_the_chosen_python_and_never_installs_when_told(tmp_path):
+    """scripts/env.sh as the workers call it: DISTILL_JAX_PYTHON makes the venv (a venv holding this
+    test venv's stamp, so nothing is installed), DISTILL_JAX_NO_INSTALL=1 refuses a stale one."""
+    python312 = Path("/root/.pyenv/versions/3.12.1/bin/python3.12")
+    if not python312.is_file():
+        pytest.skip(f"this machine has no {python312}")
+    stamp = Path(sys.prefix) / ".distill_jax_stamp_test"
+    if not stamp.is_file():
+        pytest.skip(f"{sys.prefix} was not made by scripts/env.sh test")
+    env = dict(os.environ, DISTILL_JAX_NO_INSTALL="1", DISTILL_JAX_PYTHON=str(python312))
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    shutil.copy(stamp, venv / stamp.name)
+    made = subprocess.run(["bash", str(REPO / "scripts" / "env.sh"), "test"], env=dict(env, DISTILL_JAX_VENV=str(venv)),
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert f"creating virtual environment at {venv} (Python 3.12.1)" in made.stdout
+    assert subprocess.run([venv / "bin" / "python", "--version"], capture_output=True,
+                          text=True).stdout.strip() == "Python 3.12.1"
+
+    stale = tmp_path / "stale"
+    refused = subprocess.run(["bash", str(REPO / "scripts" / "env.sh"), "test"],
+                             env=dict(env, DISTILL_JAX_VENV=str(stale)), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and not stale.exists()
+    assert refused.stderr.count("\n") == 1 and "DISTILL_JAX_NO_INSTALL=1" in refused.stderr
+
+
 def test_setup_ships_tracked_files_replaces_the_code_and_refuses_a_dirty_tree(shipped, tmp_path):
     env = pod_env(tmp_path / "slice")
     first = pod(shipped, env, "--setup")
