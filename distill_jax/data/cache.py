@@ -609,11 +609,15 @@ def _build_shards(source: Source, tokenizer, shards: list[int], directory: str, 
     start = time.time()
     progress = _Progress(source, shards, start)
     if workers <= 1 or max_documents:
-        for shard in shards:
+        def update(facts: dict) -> None:  # after every tokenizer batch: report, and heed a stop
+            progress.update(facts)
             if stop_requested is not None and stop_requested():
                 raise InterruptedError("stop requested while tokenizing")
+
+        for shard in shards:
+            update({"shard": shard, "text_tokens": 0, "fraction": 0.0})
             facts = build_shard(source, tokenizer, shard, directory, batch_documents=batch_documents,
-                                max_documents=max_documents, progress=progress.update)
+                                max_documents=max_documents, progress=update)
             progress.update({**facts, "fraction": 1.0, "done": True})
         progress.finish()
         return
