@@ -187,6 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     from distill_jax import data as data_lib
     tokenizer = data_lib.load_tokenizer(teacher_dir)
     data_lib.check_vocab(tokenizer, teacher_cfg.vocab_size)
+    from distill_jax.evaluate import during_training  # config.eval: scores logged with the losses ({} when off)
+    periodic_eval = during_training.build(config, student_graphdef, teacher_dir)
     data_iter = data_lib.build_train_iterator(
         config.data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
         process_index=jax.process_index(), process_count=jax.process_count(), seed=seed,
@@ -286,6 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                 if log_now:
                     scalars = _mean_scalars(host_metrics)
                     scalars.update(throughput.report(step))
+                    scalars.update(periodic_eval(step, state["params"]["student"]))
                     writer.write_scalars(step, {k: v for k, v in scalars.items() if k != "perf/eta_s"})
                     history.append({"step": step, **{k: v for k, v in scalars.items()
                                                      if not k.startswith("perf/")}})
@@ -321,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                        elapsed_before, t_start, tokens_per_step, flops_per_step, peak, peak_source,
                        preempted, teacher_dir)
     summary["memory_per_device_bytes"] = memory  # XLA's analysis of the compiled step (plan: same)
+    summary.update(during_training.summary_fields(history))
     if not preempted and config.export:
         export_dir = f"{workdir}/export"
         final_student = host_params(state["params"]["student"])
