@@ -130,6 +130,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Peak FLOP/s of one device for MFU; 0 = datasheet figure by device kind (TPU/GPU), measured
     # matmul rate on CPU.
     c.peak_flops_per_device = 0.0
+    # Evaluation of the student while it trains (distill_jax/evaluate/during_training.py), logged
+    # like the loss terms; it reads the student, never changes it.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.stsb_every = 0         # >0: zero-shot STS-B Spearman x 100 every N steps (a multiple of log_every) and at the end; 0 = off
+    c.eval.stsb_split = "dev"     # <glue_dir>/STS-B/<split>.tsv
+    c.eval.glue_dir = os.environ.get("GLUE_DIR", os.path.join(SHARED_DATA_DIR, "glue"))
     return c
 
 

@@ -21,9 +21,19 @@ Presets:
        Wikipedia from the hub, 1024 x 512 for 400K steps (MiniLMv2's budget), full GLUE training
        and dev sets, a learning-rate grid and 5 seeds. `dry_run` prints the plan without running.
 
-Args: preset=cpu|pod, only=<m1+m2> (a subset of methods, run in that order; same records), steps=<n> (distillation
-steps; changes every method's budget and so its records' identity), report_only, dry_run.
+Args: preset=cpu|pod, student=<LxW> (the student shape, one of STUDENT_SHAPES[preset]; the first is
+the default), only=<m1+m2> (a subset of methods, run in that order; same records), steps=<n>
+(distillation steps; changes every method's budget and so its records' identity), report_only, dry_run.
+
+The student axis: only the student's width (and FFN, 4 x width) or depth differs between shapes;
+teacher, corpus, budget, optimizer, schedule, seed, relation heads and fine-tuning recipe are the
+same. Each shape has its own records and report (a report dir belongs to one shape: the driver
+refuses another's), e.g. the narrower CPU student:
+    python main.py --config=configs/study.py:preset=cpu,student=3x192 \
+        --workdir=$HOME/.cache/distill_jax/study/cpu_3x192 --config.report_dir=docs/study_3x192
 """
+
+import os
 
 import ml_collections
 
@@ -36,6 +46,9 @@ except ImportError as exc:  # the wheel ships configs/ but not studies/
     raise ImportError("configs/study.py runs from a checkout of the repository (studies/ is not part of the "
                       "installed package)") from exc
 
+# The cost records and the trade-off chart (studies/cost.py): beside the per-shape report dirs.
+COST_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "study_cost"))
+
 # Reference rows: 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student shape at a
 # random init drawn with the study's seed (BERT init, as the trainer draws a student's): no
 # distillation. The other rows are the methods of _objectives().
@@ -43,7 +56,9 @@ except ImportError as exc:  # the wheel ships configs/ but not studies/
 
 def _objectives(preset: str) -> dict:
     """The distillation objective of every method (distill_jax/losses/objective.py schema)."""
-    relation_heads = 48  # MiniLMv2 for base-size teachers: 384/48 = 8 (768/48 = 16) dims per relation head
+    # MiniLMv2 for base-size teachers, whatever the student: 384/48 = 8, 192/48 = 4, 768/48 = 16
+    # dims per relation head (see STUDENT_SHAPES)
+    relation_heads = 48
     return {
         # MiniLMv2 (arXiv:2012.15828): Q-Q, K-K, V-V relation KL, teacher's last layer.
         "minilmv2_last": {"minilmv2": dict(weight=1.0, relation_heads=relation_heads, teacher_layer=-1,
@@ -54,8 +69,9 @@ def _objectives(preset: str) -> dict:
         # MiniLM v1 (arXiv:2002.10957): attention distributions + value relations, last layers
         # (needs equal head counts: 12 and 12).
         "minilm_v1": {"minilm": dict(weight=1.0, teacher_layer=-1, student_layer=-1)},
-        # Hidden states, MSE, learned per-layer projections when widths differ (768 -> 384 on the
-        # pod; at equal widths, 384 = 384 on CPU, the identity: no parameters to learn).
+        # Hidden states, MSE, learned per-layer projections when widths differ (384 -> 768 on the
+        # pod, 192 -> 384 for the cpu 3x192 student; at equal widths, 384 = 384 for the cpu 3x384
+        # student, the identity: no parameters to learn).
         "hs_last": {"hs": dict(weight=1.0, map="last", loss="mse")},
         "hs_uniform": {"hs": dict(weight=1.0, map="uniform", loss="mse")},
         "hs_uniform_cons": {"hs": dict(weight=1.0, map="uniform_cons", loss="mse")},
@@ -66,6 +82,25 @@ def _objectives(preset: str) -> dict:
         "od": {"od": dict(weight=5.0, temperature=2.0, positions="mlm", chunk_size=32),
                "mlm": dict(weight=2.0)},
     }
+
+
+# Student shapes per preset: (layers, width, heads, FFN); the first is the preset's default.
+# cpu: today's 3x384 (as wide as the teacher, so HS matches hidden states through an identity) and
+# 3x192, narrower than the teacher (HS learns 192 -> 384 projections). 12 heads in both (head dim
+# 32 and 16): MiniLM v1 needs the teacher's head count, and MiniLMv2's 48 relation heads are set by
+# the teacher (the paper: 48 for base-size teachers whatever the student) and divide 192 (4 dims
+# per relation head) as they divide 384 (8) and 768 (16).
+# pod: MiniLM's paper-scale students from bert-base-uncased (arXiv:2002.10957 Table 1 / 2012.15828
+# Table 2 report 6x384 and 4x384 among others).
+STUDENT_SHAPES = {
+    "cpu": {"3x384": (3, 384, 12, 1536), "3x192": (3, 192, 12, 768)},
+    "pod": {"6x384": (6, 384, 12, 1536), "4x384": (4, 384, 12, 1536)},
+}
+
+
+def student_shape_name(student) -> str:
+    """'<layers>x<width>' of a student config (the key of STUDENT_SHAPES, and of report dirs)."""
+    return f"{student.num_layers}x{student.hidden_size}"
 
 
 LABELS = {
@@ -83,13 +118,10 @@ LABELS = {
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:
-    import os
-
     c.teacher_name = "sentence-transformers/all-MiniLM-L6-v2"
     d = c.distill
     d.teacher.dtype = "float32"               # bf16 matmuls are slow on CPU
-    d.student.num_layers, d.student.hidden_size = 3, 384
-    d.student.num_heads, d.student.intermediate_size = 12, 1536
+    # d.student's shape: STUDENT_SHAPES["cpu"], set by get_config's student= arg
     d.data.source = "wikiextractor"
     d.data.paths = os.path.join(common.SHARED_DATA_DIR, "corpus", "wikipedia_en_sample", "text")
     d.data.seq_len = 64
@@ -132,9 +164,14 @@ def _fit_head_config(arg: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-    args = common.parse_arg(arg, preset="cpu", only="", steps=0, report_only=False, dry_run=False)
+    args = common.parse_arg(arg, preset="cpu", student="", only="", steps=0, report_only=False, dry_run=False)
     if args.preset not in ("cpu", "pod"):
         raise ValueError(f"config arg preset={args.preset!r}: use preset=cpu or preset=pod")
+    shapes = STUDENT_SHAPES[args.preset]
+    shape = args.student or next(iter(shapes))
+    if shape not in shapes:
+        raise ValueError(f"config arg student={shape!r}: the {args.preset} preset's students are "
+                         f"{', '.join(shapes)}")
     c = ml_collections.ConfigDict()
     c.mode = "study"              # main.py dispatches to studies.distill_methods.run_study
     c.preset = args.preset
@@ -144,6 +181,8 @@ def get_config(arg=None):
         _cpu(c)
     else:
         _pod(c)
+    s = c.distill.student
+    s.num_layers, s.hidden_size, s.num_heads, s.intermediate_size = shapes[shape]
     c.distill.teacher.name = c.teacher_name
     if args.steps:
         c.distill.total_steps = args.steps
@@ -163,4 +202,10 @@ def get_config(arg=None):
     c.report_only = args.report_only  # rebuild the table and chart from the records; train nothing
     c.dry_run = args.dry_run      # print the plan (methods, budgets, runs) and stop
     c.fit_head.enabled = True     # fit the teacher's MLM head first when an OD method needs one it lacks
+    # Zero-shot sentence embedding, every model: STS-B Spearman x 100 of the cosine of mean-pooled
+    # last hidden states, no fine-tuning (distill_jax/evaluate/stsb.py), from config.glue.data.
+    c.zero_shot = ml_collections.ConfigDict(dict(enabled=True, split="dev", max_len=128, batch_size=64))
+    # What each shape costs to run (teacher and every student shape of the preset, measured in one
+    # process by `python -m studies.cost --preset=...`); the report reads it, nothing trains from it.
+    c.cost_record = os.path.join(COST_DIR, f"cost_{args.preset}.json")
     return c

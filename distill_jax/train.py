@@ -180,6 +180,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
     from distill_jax import data as data_lib
     tokenizer = data_lib.load_tokenizer(teacher_dir)
     data_lib.check_vocab(tokenizer, teacher_cfg.vocab_size)
+    from distill_jax.evaluate import during_training  # config.eval: scores logged with the losses ({} when off)
+    periodic_eval = during_training.build(config, student_graphdef, teacher_dir)
     t0 = time.time()
     try:
         data_iter = data_lib.build_train_iterator(
@@ -276,6 +278,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
                 if log_now:
                     scalars = _mean_scalars(host_metrics)
                     scalars.update(throughput.report(step))
+                    scalars.update(periodic_eval(step, state["params"]["student"]))
                     writer.write_scalars(step, {k: v for k, v in scalars.items() if k != "perf/eta_s"})
                     history.append({"step": step, **{k: v for k, v in scalars.items()
                                                      if not k.startswith("perf/")}})
@@ -310,6 +313,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
                        elapsed_before, t_start, tokens_per_step, flops_per_step, peak, peak_source,
                        preempted, teacher_dir)
     summary["memory_per_device_bytes"] = memory  # XLA's analysis of the compiled step (plan: same)
+    summary.update(during_training.summary_fields(history))
     if not preempted and config.export:
         export_dir = f"{workdir}/export"
         final_student = host_params(state["params"]["student"])

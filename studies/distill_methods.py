@@ -6,6 +6,8 @@ For every method of config.methods, in order:
      nothing: 'none' exports the student shape at a random init drawn with the study's seed,
      'teacher' is the teacher's own directory. An OD method on a teacher
      without an MLM head first fits one (distill_jax/mlm_head.py) in <workdir>/mlm_head/.
+  1b. score it zero-shot on STS-B (config.zero_shot; distill_jax/evaluate/stsb.py), one record:
+     <report_dir>/records/zeroshot__<method>.json.
   2. fine-tune on every task x seed x lr of config.glue (distill_jax.evaluate.run.run_or_reuse), one
      record per run: <report_dir>/records/<method>__<task>__lr<lr>__seed<k>.json.
 Then 3. report: the table (md/json/csv) and bar chart from the records alone
@@ -49,11 +51,12 @@ def log(message: str) -> None:
 
 # Fields that change how a run is carried out or logged, never what it computes: left out of a
 # method's identity, so stopping early (stop_after_step), logging more often or moving the caches
-# does not orphan finished records. attention_impl picks a kernel for the same softmax attention.
+# does not orphan finished records. attention_impl picks a kernel for the same softmax attention;
+# eval (scores logged during training) reads the student and never changes it.
 _OPERATIONAL_FIELDS = ("cache_dir", "compilation_cache_dir", "stop_after_step", "log_every", "checkpoint_every",
                        "keep_checkpoints", "async_checkpoints", "export", "peak_flops_per_device", "prefetch",
                        "tokenize_batch_documents", "shard_blocks", "build_workers", "print_parameters",
-                       "attention_impl")
+                       "attention_impl", "eval")
 
 
 def _portable(node: Any) -> Any:
@@ -152,9 +155,36 @@ def check_study(config) -> dict:
         if glue.data.source == "tsv" and not config.dry_run:
             for split in ("train", *(name for name, _ in spec.dev_splits)):
                 glue_data.read_split(spec, split, glue.data)  # FileNotFoundError names the file
+    if config.zero_shot.enabled and glue.data.source == "tsv" and not config.dry_run:
+        glue_data.read_split(get_task("stsb"), config.zero_shot.split, glue.data)  # the zero-shot pairs
     if not list(glue.seeds) or not list(glue.learning_rates):
         raise ValueError("config.glue.seeds and config.glue.learning_rates must each list at least one value")
     return {"teacher_dir": teacher_dir, "teacher_shape": teacher_shape, "fitted_head": fitted_head}
+
+
+STUDENT_MARKER = "student_shape.json"
+
+
+def check_report_shape(config, report_dir: str, *, write: bool) -> None:
+    """A report dir holds one student shape's records: <report_dir>/student_shape.json names it.
+    Refuses (one line) a dir made for another shape, or one with records but no marker (which shape
+    they are of is unknown); with write, marks a new dir as this config's."""
+    s = config.distill.student
+    shape = {k: int(s[k]) for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size")}
+    name = f"{shape['num_layers']}x{shape['hidden_size']}"
+    path = os.path.join(report_dir, STUDENT_MARKER)
+    saved = _read_json(path)
+    if saved is None:
+        if glob.glob(os.path.join(report_dir, "records", "*.json")):
+            raise ValueError(f"{report_dir}/records holds records but no {STUDENT_MARKER} naming their student "
+                             f"shape; write {json.dumps({'student': shape})} there if they are of this study's "
+                             f"{name} student, or use another config.report_dir")
+        if write:
+            _write_json(path, {"student": shape})
+    elif saved.get("student") != shape:
+        raise ValueError(f"config.report_dir={report_dir} holds the records of student {saved.get('student')} and "
+                         f"this study's student is {shape}; give each shape its own report dir (e.g. "
+                         f"docs/study_{name})")
 
 
 def _split(value) -> list[str]:
@@ -248,6 +278,12 @@ def _fit_head(config, workdir: str, records_dir: str) -> str:
     if os.path.isfile(curve):   # the fit's loss curve beside the table
         shutil.copyfile(curve, os.path.join(os.path.dirname(records_dir), "mlm_head_fit.png"))
     return os.path.join(fit_dir, "export")
+
+
+def portable_model_spec(config, method: str) -> str:
+    """The model a record came from, named the same on every machine: the teacher's id, or the
+    method's export relative to the study's workdir (what the record's fingerprint names exactly)."""
+    return config.teacher_name if method == "teacher" else f"distill/{method}/export"
 
 
 def _portable_record(record: dict) -> dict:
@@ -370,6 +406,48 @@ def _compare_students(method: str, earlier: dict, export_sha256: str, records_di
 
 
 # ----------------------------------------------------------------------------------------------
+# Stage 1b: the zero-shot sentence-embedding record (distill_jax/evaluate/stsb.py)
+# ----------------------------------------------------------------------------------------------
+
+def _zero_shot_path(records_dir: str, method: str) -> str:
+    return os.path.join(records_dir, f"zeroshot__{method}.json")
+
+
+def _zero_shot_fingerprint(config, fingerprint: str) -> str:
+    """What decides a zero-shot score: the model (the method's fingerprint) and the evaluation."""
+    return _digest({"model": fingerprint, "zero_shot": config.zero_shot.to_dict(),
+                    "source": config.glue.data.source})
+
+
+def _zero_shot_missing(config, method: str, fingerprint: str, records_dir: str) -> bool:
+    if not config.zero_shot.enabled:
+        return False
+    saved = _read_json(_zero_shot_path(records_dir, method))
+    return saved is None or saved.get("fingerprint") != _zero_shot_fingerprint(config, fingerprint)
+
+
+def _zero_shot(config, method: str, model_dir: str, fingerprint: str, records_dir: str) -> dict:
+    """Scores the method's model on STS-B (config.zero_shot.split) with no fine-tuning; one record."""
+    from distill_jax import models
+    from distill_jax.evaluate import data as glue_data
+    from distill_jax.evaluate import stsb
+    from distill_jax.evaluate.tasks import get_task
+
+    z = config.zero_shot
+    examples = glue_data.read_split(get_task("stsb"), z.split, config.glue.data)
+    with Stage() as stage:
+        score = stsb.score_model_dir(model_dir, examples, max_len=int(z.max_len), batch_size=int(z.batch_size))
+    record = {"method": method, "fingerprint": _zero_shot_fingerprint(config, fingerprint), "task": "stsb",
+              "split": z.split, "pooling": "mean of the last hidden states (attention-masked)",
+              "similarity": "cosine", **score, "student_sha256": models.weights_sha256(model_dir),
+              "cpu_s": stage.cpu_s, "wall_s": stage.wall_s}
+    _write_json(_zero_shot_path(records_dir, method), record)
+    log(f"{method}: zero-shot STS-B {z.split} Spearman x 100 = {score['spearman']:.1f} "
+        f"({score['pairs']} pairs, {stage.wall_s:.0f} s)")
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
 # Stage 2: fine-tuning records
 # ----------------------------------------------------------------------------------------------
 
@@ -431,6 +509,8 @@ def _finetune_all(config, method: str, model_dir: str, missing: list[tuple], rec
     from distill_jax.evaluate import model_io
     from distill_jax.evaluate.run import run_or_reuse
 
+    if not missing:
+        return
     label = config.method_labels.get(method, method)
     model = model_io.load_glue_model(model_dir, label=label)
     # Which weights each record was fine-tuned from: a student made again on another machine may
@@ -444,7 +524,8 @@ def _finetune_all(config, method: str, model_dir: str, missing: list[tuple], rec
             record = run_or_reuse(config.glue, model, task, train, dev, lr, seed,
                                   _record_path(records_dir, method, task, lr, seed), fp,
                                   steps_cache=steps_cache,
-                                  extra={"method": method, "student_sha256": student_sha256})
+                                  extra={"method": method, "student_sha256": student_sha256,
+                                         "model_spec": portable_model_spec(config, method)})
         if "cpu_s" not in record:   # a new run: add its measured seconds to the record on disk
             record |= {"cpu_s": stage.cpu_s, "wall_s": stage.wall_s}
             _write_json(_record_path(records_dir, method, task, lr, seed), record)
@@ -463,6 +544,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     report_dir = os.path.abspath(config.report_dir or os.path.join(workdir, "report"))
     records_dir = os.path.join(report_dir, "records")
+    check_report_shape(config, report_dir, write=False)   # never another shape's records
     if config.report_only:
         return build_report(config, report_dir)
     facts = check_study(config)
@@ -487,14 +569,19 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _print_plan(config, methods, todo, fingerprints)
         return {"plan": {m: len(v) for m, v in todo.items()}}
     os.makedirs(workdir, exist_ok=True)
+    check_report_shape(config, report_dir, write=True)
     state: dict = {}
     steps_cache: dict = {}
     for index, method in enumerate(methods, 1):
-        if not todo[method]:
+        zero_shot = _zero_shot_missing(config, method, fingerprints[method], records_dir)
+        if not todo[method] and not zero_shot:
             log(f"({index}/{len(methods)}) {method}: every record done, skipped")
             continue
-        log(f"({index}/{len(methods)}) {method}: {len(todo[method])} fine-tuning runs to do")
+        log(f"({index}/{len(methods)}) {method}: {len(todo[method])} fine-tuning runs"
+            + (" and the zero-shot record" if zero_shot else "") + " to do")
         model_dir = _student_dir(config, method, workdir, facts, records_dir, fingerprints[method], state)
+        if zero_shot:   # seconds: it lands before the method's fine-tunes
+            _zero_shot(config, method, model_dir, fingerprints[method], records_dir)
         _finetune_all(config, method, model_dir, todo[method], records_dir, tasks, steps_cache, progress)
         build_report(config, report_dir)   # the table grows as records land
     return build_report(config, report_dir)
@@ -520,17 +607,29 @@ def _print_plan(config, methods, todo, fingerprints) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def load_records(records_dir: str) -> tuple[dict[str, list[dict]], dict[str, dict], dict | None]:
-    """(fine-tuning runs by method, distillation records by method, MLM-head fit record or None)."""
+    """(fine-tuning runs by method, distillation records by method, MLM-head fit record or None).
+    Zero-shot records: load_zero_shot."""
     runs: dict[str, list[dict]] = {}
     distill: dict[str, dict] = {}
     for path in sorted(glob.glob(os.path.join(records_dir, "*.json"))):
         name = os.path.basename(path)
+        if name.startswith("zeroshot__") or name == "mlm_head_fit.json":
+            continue
         record = _read_json(path)
         if name.startswith("distill__"):
             distill[record["method"]] = record
-        elif name != "mlm_head_fit.json":
+        else:
             runs.setdefault(record["method"], []).append(record)
     return runs, distill, _read_json(os.path.join(records_dir, "mlm_head_fit.json"))
+
+
+def load_zero_shot(records_dir: str) -> dict[str, dict]:
+    """The zero-shot STS-B record of every method that has one."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(records_dir, "zeroshot__*.json"))):
+        record = _read_json(path)
+        out[record["method"]] = record
+    return out
 
 
 def build_report(config, report_dir: str) -> dict:
@@ -558,17 +657,24 @@ def build_report(config, report_dir: str) -> dict:
         summaries.update({("majority class", t): s for t, s in majority.items()})
         rows.append("majority class")
     compute = _compute_table(config, runs, distill, head_fit)
-    notes = _notes(config, task_names, compute, head_fit, runs)
+    zero_shot = {m: r for m, r in load_zero_shot(os.path.join(report_dir, "records")).items() if m in labels}
+    cost = _read_json(cost_record_path(config))
+    extra_rows = _zero_shot_and_cost_rows(config, zero_shot, cost)
+    notes = _zero_shot_and_cost_table(config, extra_rows, cost) + _notes(config, task_names, compute, head_fit, runs)
     payload = {"preset": config.preset, "teacher": config.teacher_name, "tasks": task_names,
                "methods": list(config.methods), "labels": labels,
-               "distill": config.distill.to_dict() | {"data": _portable(config.distill.data.to_dict())},
+               # (config.eval, scores logged while training, holds a machine path and no result)
+               "distill": {k: v for k, v in config.distill.to_dict().items() if k != "eval"}
+                          | {"data": _portable(config.distill.data.to_dict())},
                "objectives": config.method_objectives.to_dict(), "finetune": config.glue.finetune.to_dict(),
                "learning_rates": list(config.glue.learning_rates), "seeds": list(config.glue.seeds),
                "summaries": [v | {"row": k[0]} for k, v in summaries.items()],
-               "compute": compute, "mlm_head_fit": head_fit,
+               "compute": compute, "mlm_head_fit": head_fit, "zero_shot_and_cost": extra_rows,
+               "student_shape": f"{config.distill.student.num_layers}x{config.distill.student.hidden_size}",
                "records": sorted(os.path.basename(p) for p in glob.glob(os.path.join(report_dir, "records", "*.json")))}
     if not rows:
         log(f"no fine-tuning records yet in {report_dir}/records: nothing to report")
+        _write_json(os.path.join(report_dir, f"{TABLE_NAME}.json"), payload)   # the zero-shot rows already
         return payload
     d = config.distill
     paths = report.write_outputs(
@@ -580,6 +686,74 @@ def build_report(config, report_dir: str) -> dict:
     log("report: " + ", ".join(paths.values()))
     log("\n" + report.markdown_table(task_names, rows, summaries))
     return payload
+
+
+def cost_record_path(config) -> str:
+    """The cost record of config.preset (studies/cost.py measures it): config.cost_record."""
+    return config.get("cost_record", "")
+
+
+def _zero_shot_and_cost_rows(config, zero_shot: dict, cost: dict | None) -> list[dict]:
+    """One row per method with a zero-shot record or (with a cost record) any row of the table:
+    zero-shot STS-B Spearman x 100, and the shape's parameters and forward latency. The teacher
+    runs at the teacher's shape, every other row at the study's student shape."""
+    s = config.distill.student
+    student = f"{s.num_layers}x{s.hidden_size}"
+    models = (cost or {}).get("models", {})
+    teacher_latency = models.get("teacher", {}).get("latency", {})
+    rows = []
+    for method in config.methods:
+        z = zero_shot.get(method)
+        shape_key = "teacher" if method == "teacher" else student
+        m = models.get(shape_key)
+        if z is None and m is None:
+            continue
+        row = {"method": method, "label": config.method_labels.get(method, method),
+               "shape": m.get("shape", shape_key) if m else (None if method == "teacher" else student),
+               "stsb_spearman": z["spearman"] if z else None}
+        if m:
+            row |= {"params_total": m["params"]["total"], "params_without_embeddings": m["params"]["without_embeddings"]}
+            for key, lat in m["latency"].items():
+                row[f"latency_{key}_ms"] = lat["median_ms"]
+                base = teacher_latency.get(key, {}).get("median_ms")
+                row[f"speedup_{key}"] = base / lat["median_ms"] if base else None
+        rows.append(row)
+    return rows
+
+
+def _zero_shot_and_cost_table(config, rows: list[dict], cost: dict | None) -> str:
+    """Markdown: the zero-shot and cost columns (empty string when there is neither)."""
+    if not rows:
+        return ""
+    keys = sorted({k[len("latency_"):-len("_ms")] for r in rows for k in r if k.startswith("latency_")},
+                  key=lambda k: int(k.split("x")[0]))
+    head = "| model | shape | STS-B zero-shot Spearman | params (M) | params w/o embeddings (M) | " + " | ".join(
+        f"latency {k} (ms) | speed-up {k}" for k in keys) + " |"
+    lines = ["Zero-shot sentence embedding and cost: STS-B dev Spearman x 100 of the cosine between mean-pooled "
+             "last hidden states, no fine-tuning (distill_jax/evaluate/stsb.py); parameters of the encoder body "
+             "(embeddings + layers); forward latency of the shape through our Flax encoder "
+             "(distill_jax/evaluate/cost.py), median over rounds in one process with the models alternating; "
+             "speed-up = the teacher's median / the model's.", "", head,
+             "|---|---|---:|---:|---:|" + "---:|---:|" * len(keys)]
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        cells = [r["label"], r["shape"] or "–", fmt(r["stsb_spearman"], ".1f"),
+                 fmt(r.get("params_total") and r["params_total"] / 1e6, ".1f"),
+                 fmt(r.get("params_without_embeddings") and r["params_without_embeddings"] / 1e6, ".2f")]
+        for k in keys:
+            cells += [fmt(r.get(f"latency_{k}_ms"), ".1f"), fmt(r.get(f"speedup_{k}"), ".2f") + "x"
+                      if r.get(f"speedup_{k}") else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if cost:
+        host = (cost.get("host") or {}).get("cpu_model") or "a host the record does not name"
+        lines += ["", f"Latency measured {cost.get('measured_at', '')} on {host} ({cost.get('devices', '')}), "
+                      f"{cost['repeats']} rounds per input shape, load average {cost['load_average'][0]:.1f} before / "
+                      f"{cost['load_average'][1]:.1f} after (other work on the machine slows every model alike "
+                      f"only roughly: the speed-ups are the figure to read); record "
+                      f"`{os.path.basename(cost_record_path(config))}`."]
+    elif rows:
+        lines += ["", "No cost record yet: `python -m studies.cost` measures one."]
+    return "\n".join(lines) + "\n\n"
 
 
 def _majority_rows(config, task_names) -> dict:

@@ -3,6 +3,7 @@
     python -m studies.write_docs                      # after the study (or its report_only step)
     python -m studies.write_docs --report_dir=docs/study --readme=README.md --build_notes=BUILD_NOTES.md
     python -m studies.write_docs --budget_dirs=docs/study_4000   # also the budget comparison
+    python -m studies.write_docs --budget_dirs=docs/study_4000 --shape_dirs=docs/study_3x192  # and the shapes
 
 README.md <!-- study-table -->: the results table of <report_dir>/study_results.md (built from the
 records alone by the study's report step) and its chart. README.md <!-- study-budget --> (only with
@@ -11,6 +12,8 @@ records alone by the study's report step) and its chart. README.md <!-- study-bu
 distillation's last logged loss from its record. BUILD_NOTES.md <!-- study-cost -->: the
 measured cost per method and task (CPU- and wall-minutes per fine-tuning run, each distillation's
 steps, tokens and minutes) and how many records exist, from <report_dir>/records/*.json.
+README.md <!-- study-shapes --> (only with --shape_dirs): every (method, student shape) of
+--report_dir and the shapes' dirs, with SST-2, zero-shot STS-B, parameters and latency.
 Nothing else in either file is touched; a missing marker is one error line.
 """
 
@@ -28,6 +31,7 @@ from studies.distill_methods import distill_seconds, untimed_scale_from
 README_MARKERS = ("<!-- study-table -->", "<!-- /study-table -->")
 NOTES_MARKERS = ("<!-- study-cost -->", "<!-- /study-cost -->")
 BUDGET_MARKERS = ("<!-- study-budget -->", "<!-- /study-budget -->")
+SHAPES_MARKERS = ("<!-- study-shapes -->", "<!-- /study-shapes -->")
 
 
 def _records(report_dir: str) -> list[dict]:
@@ -87,6 +91,38 @@ def budget_block(report_dirs: list[str]) -> str:
     return report.markdown_table(tasks, rows, summaries) + "\n" + "\n".join(losses)
 
 
+def shapes_block(report_dirs: list[str]) -> str:
+    """Markdown: one row per (method, shape) over the shapes' report dirs (the same study at
+    another student=), in each dir's method order, once it has a score: SST-2 median (min-max),
+    zero-shot STS-B, the shape's parameters and latency with the speed-up over the teacher; the
+    teacher once. Reads
+    each dir's study_results.json only; a cell without a record is '–'."""
+    lines = ["| model | shape | SST-2 acc | STS-B zero-shot | params (M) | latency 32x128 (ms) | speed-up 32x128 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    seen = set()
+    for d in report_dirs:
+        r = _results(d)
+        sst2 = {s["row"]: s for s in r.get("summaries", []) if s.get("task") == "sst2"}
+        extra = {row["method"]: row for row in r.get("zero_shot_and_cost", [])}
+        for method in r["methods"]:
+            label = r["labels"][method]
+            shape = "6x384" if method == "teacher" else r.get("student_shape", "?")
+            x = extra.get(method, {})
+            shape = x.get("shape") or shape
+            if (method, shape) in seen or (label not in sst2 and x.get("stsb_spearman") is None):
+                continue   # a row shows once it has a score (the cost alone is the shape's)
+            seen.add((method, shape))
+            s = sst2.get(label)
+            acc = (f"{100 * s['median_score']:.1f} ({100 * s['min_score']:.1f}–{100 * s['max_score']:.1f})"
+                   if s else "–")
+            params = x.get("params_total")
+            lines.append(f"| {label} | {shape} | {acc} | {fmt(x.get('stsb_spearman'), '.1f')} | "
+                         f"{fmt(params and params / 1e6, '.1f')} | {fmt(x.get('latency_32x128_ms'), '.0f')} | "
+                         f"{fmt(x.get('speedup_32x128'), '.2f')} |")
+    return "\n".join(lines)
+
+
 def cost_block(records: list[dict], *, methods: int, runs_total: int) -> str:
     """Markdown: per (method, task) the mean CPU- and wall-minutes of a fine-tuning run, then one
     line per distillation and the count of records."""
@@ -135,6 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="cpu", help="the study preset (for the totals: methods, runs)")
     p.add_argument("--budget_dirs", default="", help="comma list of report dirs of the same study at other "
                    "steps= (e.g. docs/study_4000): fills README's <!-- study-budget --> block")
+    p.add_argument("--shape_dirs", default="", help="comma list of report dirs of the same study at another "
+                   "student= (e.g. docs/study_3x192): fills README's <!-- study-shapes --> block")
     args = p.parse_args(argv)
     from configs import study
     from studies.distill_methods import _split
@@ -150,12 +188,16 @@ def main(argv=None) -> int:
     }
     if args.budget_dirs:
         budget = budget_block([args.report_dir, *_split(args.budget_dirs)])
+    if args.shape_dirs:
+        shapes = shapes_block([args.report_dir, *_split(args.shape_dirs)])
     texts = {}
     for path, (markers, block) in updates.items():   # every block is checked before any file is written
         with open(path) as f:
             texts[path] = replace_between(f.read(), markers, block, path)
     if args.budget_dirs:
         texts[args.readme] = replace_between(texts[args.readme], BUDGET_MARKERS, budget, args.readme)
+    if args.shape_dirs:
+        texts[args.readme] = replace_between(texts[args.readme], SHAPES_MARKERS, shapes, args.readme)
     for path, text in texts.items():
         with open(path, "w") as f:
             f.write(text)

@@ -37,6 +37,12 @@ def _toy_glue(root: Path) -> Path:
     rows = [f"{s}\t1" for s in good] + [f"{s}\t0" for s in bad]
     (root / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood good\t1\nbad bad\t0\ngood film\t1\nbad film\t0\n")
+    (root / "STS-B").mkdir()   # the zero-shot pairs
+    (root / "STS-B" / "dev.tsv").write_text(
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+        + "".join(f"{i}\tg\tf\ty\t{i}\tn\tn\t{a}\t{b}\t{v}\n" for i, (a, b, v) in enumerate(
+            [("a good film", "a good cast", 4.0), ("a bad film", "good fun", 0.5), ("so good", "really good", 4.5),
+             ("bad story", "a bad mess", 3.0)])))
     return root
 
 
@@ -89,7 +95,8 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
     with pytest.raises(SystemExit, match="minilmv2_last: distillation stopped at step 2"):
         run_study(first, str(workdir))
     assert sorted(p.name for p in records.glob("*.json")) == [
-        "distill__none.json", "none__sst2__lr0.001__seed0.json", "none__sst2__lr0.001__seed1.json"]
+        "distill__none.json", "none__sst2__lr0.001__seed0.json", "none__sst2__lr0.001__seed1.json",
+        "zeroshot__none.json"]
 
     # 2. The full study: minilmv2_last resumes from its step-2 checkpoint; OD fits the head first.
     capsys.readouterr()
@@ -100,7 +107,11 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
     names = sorted(p.name for p in records.glob("*.json"))
     assert names == sorted(["mlm_head_fit.json"] + [f"distill__{m}.json" for m in ("none", "minilmv2_last", "od")]
                            + [f"{m}__sst2__lr0.001__seed{s}.json" for m in ("teacher", "none", "minilmv2_last", "od")
-                              for s in (0, 1)])
+                              for s in (0, 1)]
+                           + [f"zeroshot__{m}.json" for m in ("teacher", "none", "minilmv2_last", "od")])
+    zero = json.loads((records / "zeroshot__minilmv2_last.json").read_text())
+    assert zero["pairs"] == 4 and -100 <= zero["spearman"] <= 100 and zero["student_sha256"] == json.loads(
+        (records / "distill__minilmv2_last.json").read_text())["export_sha256"]
     distil = json.loads((records / "distill__minilmv2_last.json").read_text())
     assert distil["steps"] == 4 and distil["segments"] == 2 and distil["tokens"] == 4 * 8 * 32
     assert distil["cpu_s"] > 0 and distil["cpu_timed_steps"] == 4  # 2 before the preemption, 2 after
@@ -128,14 +139,19 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
     assert log.count("every record done, skipped") == 4 and "distilling" not in log
     assert _mtimes(records) == before
 
-    # 3b. One OD run lost: the rerun redoes only it, and leaves the head fit's record alone.
+    # 3b. One OD run and OD's zero-shot record lost: the rerun redoes only them, from the export,
+    # and leaves the head fit's record alone.
+    zero = json.loads((records / "zeroshot__od.json").read_text())
     (records / "od__sst2__lr0.001__seed1.json").unlink()
+    (records / "zeroshot__od.json").unlink()
     run_study(config, str(workdir))
     log = capsys.readouterr().out
     assert "fitting the MLM head" not in log and "distilling" not in log
+    assert "od: 1 fine-tuning runs and the zero-shot record to do" in log
     after = _mtimes(records)
-    assert after.pop("od__sst2__lr0.001__seed1.json") and after == {
-        k: v for k, v in before.items() if k != "od__sst2__lr0.001__seed1.json"}
+    redone = ("od__sst2__lr0.001__seed1.json", "zeroshot__od.json")
+    assert all(after.pop(name) for name in redone) and after == {k: v for k, v in before.items() if k not in redone}
+    assert json.loads((records / "zeroshot__od.json").read_text())["spearman"] == zero["spearman"]
     before = _mtimes(records)
     table = (report_dir / "study_results.md").read_text()  # the redone run's CPU time counts
 
@@ -194,6 +210,7 @@ def test_a_student_made_again_is_compared_with_the_recorded_one(tmp_path, capsys
      r"config.method_objectives.minilmv2_last: .*relation"),
     (lambda c: c.fit_head.update(enabled=False), r"od needs the teacher's MLM head .* has none"),
     (lambda c: c.glue.data.update(glue_dir="/nonexistent/glue"), r"/nonexistent/glue"),
+    (lambda c: c.zero_shot.update(split="train"), r"STS-B/train.tsv not found"),
 ])
 def test_bad_input_is_one_line_before_training(headless_teacher, tmp_path, change, message):
     from studies.distill_methods import run_study
@@ -218,10 +235,16 @@ def test_pod_preset_dry_run_plans_without_the_hub(tmp_path, capsys):
     assert "400000 steps x 1024 x 512 = 209.7 B tokens per method" in log
     assert '"map": "uniform_last"' in log and "bert-base-uncased" in log
     assert not (tmp_path / "pod").exists()
+    # The student axis at paper scale: 4x384 under the same recipe, checked and planned alike.
+    run_study(study.get_config("preset=pod,student=4x384,dry_run"), str(tmp_path / "pod_4x384"))
+    log = capsys.readouterr().out
+    assert "student 4x384 (12 heads); 400000 steps x 1024 x 512" in log
+    assert not (tmp_path / "pod_4x384").exists()
 
 
 @pytest.mark.parametrize("report_dir, config_arg", [("study", "preset=cpu"),
-                                                    ("study_4000", "preset=cpu,steps=4000")])
+                                                    ("study_4000", "preset=cpu,steps=4000"),
+                                                    ("study_3x192", "preset=cpu,student=3x192")])
 def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, config_arg):
     """docs/study/records were written by the CPU study over several sessions (docs/study_4000 by
     the same study at twice the budget); a config field added since (an operational one left out
@@ -242,9 +265,9 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
     if not os.path.isdir(module.common.SHARED_DATA_DIR):
         pytest.skip(f"the study's data is not present at {module.common.SHARED_DATA_DIR} (only in the shared workspace)")
     config = module.get_config(config_arg)
+    if not list((repo / "docs" / report_dir / "records").glob("*.json")):
+        pytest.skip("no record committed yet")
     records = sorted((repo / "docs" / report_dir / "records").glob("distill__*.json"))
-    if not records:
-        pytest.skip("no distillation record committed yet")
     for path in records:
         record = json.loads(path.read_text())
         method = record["method"]
@@ -253,7 +276,7 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
         assert _digest(identity) == record["fingerprint"], (path.name, identity)
     # Every committed fine-tuning record is one this code skips (its run fingerprint matches: same
     # recipe, training rows of the real GLUE files, lr, seed, and the method's fingerprint).
-    from studies.distill_methods import _Tasks, _missing_runs, _record_path
+    from studies.distill_methods import _Tasks, _missing_runs, _record_path, _zero_shot_missing
 
     tasks = _Tasks(config.glue)
     records_dir = str(repo / "docs" / report_dir / "records")
@@ -263,6 +286,9 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
                    for task, lr, seed, _ in _missing_runs(config, method, fingerprint, records_dir, tasks)}
         committed = {str(p) for p in (repo / "docs" / report_dir / "records").glob(f"{method}__*.json")}
         assert not committed & missing, sorted(committed & missing)
+        zero_shot = repo / "docs" / report_dir / "records" / f"zeroshot__{method}.json"
+        if zero_shot.exists():   # and every zero-shot record is one it skips
+            assert not _zero_shot_missing(config, method, fingerprint, records_dir), zero_shot.name
 
 
 def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(tmp_path):
@@ -365,3 +391,124 @@ def test_compute_table_scales_a_distillation_whose_first_segment_went_untimed():
     assert od["distill_cpu_extrapolated_from"] == 500
     assert hs["distill_cpu_min"] == 600.0 / 60 and hs["distill_cpu_extrapolated_from"] is None
     assert od["distill_host_peak_tflops"] == pytest.approx(0.128) and hs["distill_host_peak_tflops"] == 0.0
+
+
+@pytest.mark.parametrize("preset, default, other, dims", [("cpu", "3x384", "3x192", (3, 192, 12, 768)),
+                                                          ("pod", "6x384", "4x384", (4, 384, 12, 1536))])
+def test_the_student_arg_changes_the_student_shape_and_nothing_else(preset, default, other, dims):
+    """student=<shape> sets layers/width/heads/FFN and leaves every other field as the preset's
+    (teacher, corpus, budget, optimizer, seed, objectives, fine-tuning recipe); the default shape's
+    configs, and so the committed records' identities, are those of the preset without the arg."""
+    from configs import study
+    from studies.distill_methods import _digest, method_identity
+
+    base, same, narrow = (study.get_config(f"preset={preset}{a}") for a in ("", f",student={default}",
+                                                                            f",student={other}"))
+    assert same.to_dict() == base.to_dict()
+    s = narrow.distill.student
+    assert (s.num_layers, s.hidden_size, s.num_heads, s.intermediate_size) == dims
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k != "distill"} | {  # noqa: E731
+        "distill": {k: v for k, v in c.distill.to_dict().items() if k != "student"}}
+    assert strip(narrow) == strip(base)
+    rest = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+    assert ({k: v for k, v in s.to_dict().items() if k not in rest}
+            == {k: v for k, v in base.distill.student.to_dict().items() if k not in rest})
+    for method in ("none", "minilmv2_last", "hs_uniform_cons"):   # another shape, other records
+        assert _digest(method_identity(narrow, method)) != _digest(method_identity(base, method))
+    assert method_identity(narrow, "teacher") == method_identity(base, "teacher")
+    with pytest.raises(ValueError, match=f"student='2x64': the {preset} preset's students are {default}, {other}"):
+        study.get_config(f"preset={preset},student=2x64")
+
+
+def test_every_method_of_the_narrow_cpu_student_builds_against_the_teacher():
+    """At 3x192 under the 6x384 teacher: MiniLMv2's 48 relation heads split 192 into 4 dims, HS
+    learns 192 -> 384 projections (one per mapped student layer), MiniLM v1 has 12 heads on both."""
+    import jax
+
+    from configs import study
+    from distill_jax.losses import build_objective
+    from distill_jax.losses.hs import init_hs_projections
+    from distill_jax.losses.layer_maps import layer_map
+    from distill_jax.models import EncoderConfig
+
+    config = study.get_config("preset=cpu,student=3x192")
+    teacher = EncoderConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536)
+    for method, objective in config.method_objectives.items():
+        build_objective(objective, config.distill.student, teacher)   # raises on a misfit
+    pairs = layer_map("uniform", 3, 6)
+    projections = init_hs_projections(jax.random.key(0), pairs, 192, 384)
+    assert len(projections) == 3 and {p["kernel"].shape for p in projections.values()} == {(192, 384)}
+
+
+def test_a_report_dir_holds_one_student_shape(tmp_path):
+    """Records of one shape never overwrite another's: a dir marked for 3x384 (as docs/study is)
+    refuses the 3x192 study before anything runs; a dir with records and no marker is refused too."""
+    from configs import study
+    from studies.distill_methods import STUDENT_MARKER, check_report_shape
+
+    wide, narrow = study.get_config("preset=cpu"), study.get_config("preset=cpu,student=3x192")
+    check_report_shape(narrow, str(tmp_path / "new"), write=True)
+    check_report_shape(narrow, str(tmp_path / "new"), write=False)
+    with pytest.raises(ValueError, match=r"holds the records of student .*'hidden_size': 192.* docs/study_3x384"):
+        check_report_shape(wide, str(tmp_path / "new"), write=True)
+    repo = Path(__file__).resolve().parents[1]
+    for committed in ("study", "study_4000"):   # the committed 3x384 dirs are marked as such
+        check_report_shape(wide, str(repo / "docs" / committed), write=False)
+        with pytest.raises(ValueError, match="give each shape its own report dir"):
+            check_report_shape(narrow, str(repo / "docs" / committed), write=False)
+    (tmp_path / "old" / "records").mkdir(parents=True)
+    (tmp_path / "old" / "records" / "distill__none.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"holds records but no {STUDENT_MARKER}"):
+        check_report_shape(narrow, str(tmp_path / "old"), write=True)
+    assert not (tmp_path / "old" / STUDENT_MARKER).exists()
+
+
+def test_committed_records_and_docs_name_models_and_data_portably():
+    """Records and generated docs read the same on every machine: no absolute path (a venv's
+    site-packages, a home directory's workdir, the workspace's data folder). model_spec names the
+    teacher by its id and a student by its export relative to the study's workdir (the migration of
+    the earlier records rewrote only that field: the fingerprints test above still passes)."""
+    from configs import study
+    from studies.distill_methods import portable_model_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    config = study.get_config("preset=cpu")
+    assert portable_model_spec(config, "teacher") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert portable_model_spec(config, "od") == "distill/od/export"
+    files = [p for p in (repo / "docs").rglob("*") if p.suffix in (".json", ".md", ".csv")] + [repo / "README.md"]
+    for path in files:
+        text = path.read_text()
+        for bad in ('"/root/', '"/home/', '"/work/', "(/work/", "(/root/"):
+            assert bad not in text, f"{path.relative_to(repo)} holds a machine path ({bad!r})"
+    for path in (repo / "docs").glob("study*/records/*__seed*.json"):
+        record = json.loads(path.read_text())
+        assert record["model_spec"] == portable_model_spec(config, record["method"]), path.name
+
+
+def test_write_docs_shapes_block_puts_each_method_at_each_shape(tmp_path):
+    """The shapes table: the teacher once, each method per student shape, SST-2 from the
+    summaries, zero-shot and cost from the report's zero_shot_and_cost rows, '–' where missing."""
+    from studies import write_docs
+
+    def shape_dir(root, shape, rows, sst2):
+        root.mkdir(parents=True)
+        labels = {"teacher": "teacher", "none": "random init", "hs": "HS"}
+        summaries = [{"row": labels[m], "task": "sst2", "median_score": v[1], "min_score": v[0], "max_score": v[2]}
+                     for m, v in sst2.items()]
+        (root / "study_results.json").write_text(json.dumps(
+            {"tasks": ["sst2"], "methods": list(labels), "labels": labels, "summaries": summaries,
+             "student_shape": shape, "zero_shot_and_cost": rows}))
+
+    cost = {"params_total": 11_000_000, "latency_32x128_ms": 100.0, "speedup_32x128": 2.0}
+    shape_dir(tmp_path / "wide", "3x384", [{"method": "teacher", "shape": "6x384", "stsb_spearman": 86.7,
+                                            "params_total": 22_565_376, "latency_32x128_ms": 200.0,
+                                            "speedup_32x128": 1.0},
+                                           {"method": "hs", "shape": "3x384", "stsb_spearman": 70.0} | cost],
+              {"teacher": [.83, .84, .85], "hs": [.78, .79, .80]})
+    shape_dir(tmp_path / "narrow", "3x192", [{"method": "teacher", "shape": "6x384", "stsb_spearman": 86.7}],
+              {"teacher": [.83, .84, .85], "none": [.5, .6, .7]})
+    block = write_docs.shapes_block([str(tmp_path / "wide"), str(tmp_path / "narrow")])
+    assert block.splitlines()[2:] == [
+        "| teacher | 6x384 | 84.0 (83.0–85.0) | 86.7 | 22.6 | 200 | 1.00 |",
+        "| HS | 3x384 | 79.0 (78.0–80.0) | 70.0 | 11.0 | 100 | 2.00 |",
+        "| random init | 3x192 | 60.0 (50.0–70.0) | – | – | – | – |"]

@@ -255,7 +255,9 @@ def run_from_config(config, workdir: str) -> dict:
             spec, train_labels_full[task], {s: d.labels for s, d in dev_ex.items()})
     row_names.append("majority class")
 
-    source_desc = {"tsv": f"glue_data TSV files ({config.data.glue_dir})", "hf": f"HF datasets {config.data.hf_path}",
+    # The folder's last two components ('data/glue'): the table reads the same on every machine.
+    glue_dir = "/".join(os.path.normpath(config.data.glue_dir).split(os.sep)[-2:])
+    source_desc = {"tsv": f"glue_data TSV files ({glue_dir})", "hf": f"HF datasets {config.data.hf_path}",
                    "tfds": "tensorflow-datasets glue/*"}.get(config.data.source, config.data.source)
     notes = _recipe_notes(config, task_names, train_info, source_desc)
     payload = {
