@@ -12,8 +12,10 @@ Modes:
   cold          nothing prepared: every process starts from an empty cache
   prepared      `python -m distill_jax.data.prepare` first (timed apart: tokens/s), then the job
                 reads that cache (--config.data.cache_dir)
-  warm_restart  the cold job run again on the same workdir with 2 more steps: it resumes, and
-                its step comes from the persistent compilation cache in the workdir
+  warm_restart  a cold job of 4 steps stopped after step 2 (as if preempted), then the same command
+                again: it resumes, and its step comes from the persistent compilation cache in
+                the workdir (the same total_steps: the schedule is part of the compiled step, so a
+                changed total_steps compiles anew)
 Figures: seconds from launch to process 0's first step line, and process 0's compile seconds.
 """
 
@@ -118,7 +120,7 @@ def main(argv=None):
             elif mode == "cold":
                 row.update(launch(args.repo, processes, workdir, root, 2, []))
             elif mode == "warm_restart":
-                first = launch(args.repo, processes, workdir, root, 2, [])
+                first = launch(args.repo, processes, workdir, root, 4, ["--config.stop_after_step=2"])
                 row["first_run"] = first
                 row.update(launch(args.repo, processes, workdir, root, 4, []))
             else:
