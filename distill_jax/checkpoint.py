@@ -49,7 +49,8 @@ class _DropOrbaxReadTasks(logging.Filter):
     futures in asyncio's own `_wrap_awaitable`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Task exception was never retrieved"):
+        if not str(record.msg).startswith(("Task exception was never retrieved",
+                                           "Future exception was never retrieved")):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         text = record.getMessage() + (str(exc) if exc is not None else "")
@@ -69,6 +70,14 @@ def _late_read_callback(exc_type, exc, tb) -> bool:
             and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(tb)))
 
 
+def _abandoned_orbax_coroutine(obj: Any) -> bool:
+    """An orbax read coroutine (e.g. _read_array_index_and_device_put) collected unfinished after
+    a failed restore closed its loop: Python reports it as "Exception ignored in: <coroutine ...>"
+    with a traceback. The restore already failed and was reported in one line."""
+    code = getattr(obj, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
 def _install_late_callback_filter() -> None:
     if getattr(sys.excepthook, "drops_late_read_callbacks", False):
         return
@@ -79,7 +88,8 @@ def _install_late_callback_filter() -> None:
             previous_excepthook(exc_type, exc, tb)
 
     def unraisablehook(unraisable):
-        if not _late_read_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+        if not (_late_read_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+                or _abandoned_orbax_coroutine(unraisable.object)):
             previous_unraisable(unraisable)
 
     excepthook.drops_late_read_callbacks = True
@@ -446,6 +456,8 @@ def _path_key(path) -> str:
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
+    while exc.__cause__ is not None:  # orbax wraps the cause ("Encountered error while reading ...")
+        exc = exc.__cause__
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = f"{type(exc).__name__}: {text.split(' [tensorstore_spec')[0]}"  # not the JSON spec dumps
     # tensorstore puts the cause last ("... Byte range [0, N) is not valid for value of size M").
