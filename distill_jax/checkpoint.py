@@ -60,6 +60,22 @@ class _DropOrbaxReadTasks(logging.Filter):
 logging.getLogger("asyncio").addFilter(_DropOrbaxReadTasks())
 
 
+class _DropOrbaxStorageErrors(logging.Filter):
+    """A save that fails on storage (disk full, read-only) is logged by orbax's background thread
+    with its whole traceback before the trainer sees it; the trainer then reports it in one line
+    (CheckpointSaveError naming the path and the space needed): drop orbax's copy."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in (record.pathname or ""):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return _storage_error(exc) is None and _storage_error(RuntimeError(record.getMessage())) is None
+
+
+for _name in ("absl", "orbax", ""):
+    logging.getLogger(_name).addFilter(_DropOrbaxStorageErrors())
+
+
 def _late_read_callback(exc_type, exc, tb) -> bool:
     """The other half of a failed restore: reads still in flight when orbax gave up finish later on
     tensorstore's threads, and posting their results to the closed event loop raises
@@ -210,7 +226,11 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: Any, meta: dict) -> bool:
         """Starts an (async) save of step `step`; returns False when the step already exists."""
-        self.check_saves()  # the previous async save's failure, if any, before starting another
+        # The previous async save finished (orbax waits for it inside save() anyway) and its failure,
+        # if any, reported as that step's, before this save starts.
+        self.wait()
+        if self.failed is not None:
+            raise self.failed
         if step in self._manager.all_steps():
             return False
         self._saving = (int(step), _tree_bytes(state))
@@ -432,7 +452,7 @@ def _remove_unfinished(directory: str, step: int) -> bool:
     if jax.process_index() != 0:
         return False
     removed = False
-    for path in epath.Path(directory).glob(f"{step}.orbax-checkpoint-tmp-*"):
+    for path in epath.Path(directory).glob(f"{step}.orbax-checkpoint-tmp*"):
         try:
             path.rmtree()
             removed = True
