@@ -326,10 +326,12 @@ def test_a_binary_corpus_is_refused_naming_the_file(tmp_path):
 
     with pytest.raises(ValueError, match=r"^data.paths: /bin/ls is not a UTF-8 text file \(a NUL byte"):
         refuse_binary("/bin/ls")
-    latin1 = tmp_path / "latin1.txt"
+    latin1 = tmp_path / "latin1.txt"  # not UTF-8 throughout
     latin1.write_bytes("caf\u00e9 ".encode("latin-1") * 10)
-    with pytest.raises(ValueError, match="invalid UTF-8 at offset 3"):
+    with pytest.raises(ValueError, match=r"\(10 invalid UTF-8 sequences in its first 1024 bytes\)"):
         refuse_binary(str(latin1))
+    latin1.write_bytes("caf\u00e9 ".encode("latin-1") * 2 + b"and then plain text")  # stray bytes: read
+    refuse_binary(str(latin1))
     cut = tmp_path / "cut.txt"  # a multibyte character across the 1024-byte sample is fine
     cut.write_bytes(b"a" * 1023 + "\u00e9".encode() + b" more text")
     refuse_binary(str(cut))

@@ -133,12 +133,15 @@ def resolve_paths(patterns: list[str], field: str = "data.paths") -> list[str]:
 
 
 SNIFF_BYTES = 1024  # the head of every text file read to refuse binaries (a wrong path or glob)
+MAX_INVALID_IN_SNIFF = 8  # invalid UTF-8 sequences tolerated there (stray bytes in real text are
+#                           replaced and counted, see Source.decode; a binary has them by the dozen)
 
 
 def refuse_binary(path: str) -> None:
-    """ValueError naming `path` when its first SNIFF_BYTES hold a NUL byte or are not UTF-8 (a
-    multibyte character cut at the end of the sample is fine): a binary or compressed file given
-    as a text corpus would otherwise be tokenized into noise, with one warning about U+FFFD."""
+    """ValueError naming `path` when its first SNIFF_BYTES hold a NUL byte or more than
+    MAX_INVALID_IN_SNIFF invalid UTF-8 sequences (a multibyte character cut at the end of the sample
+    does not count): a binary or compressed file given as a text corpus would otherwise be
+    tokenized into noise, with one warning about U+FFFD."""
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
     cause = None
@@ -146,10 +149,10 @@ def refuse_binary(path: str) -> None:
     if nul >= 0:
         cause = f"a NUL byte at offset {nul}"
     else:
-        try:
-            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-        except UnicodeDecodeError as exc:
-            cause = f"invalid UTF-8 at offset {exc.start}"
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head, final=False)
+        invalid = text.count("\ufffd") - head.count(_REPLACEMENT_BYTES)
+        if invalid > MAX_INVALID_IN_SNIFF:
+            cause = f"{invalid} invalid UTF-8 sequences"
     if cause is not None:
         raise ValueError(f"data.paths: {path} is not a UTF-8 text file ({cause} in its first "
                          f"{SNIFF_BYTES} bytes); point data.paths at text files (decompress .gz/.bz2 "
