@@ -89,6 +89,31 @@ def test_a_stale_lock_is_taken_over_with_one_warning(tmp_path, capsys):
     assert "host elsewhere" in warnings[1] and "heartbeat is 3600s old" in warnings[1]
 
 
+def test_the_lock_works_through_epath_on_gs(tmp_path, capsys):
+    """gs:// through etils.epath (fsspec over a local directory, tests/fake_gcs.py): the same
+    refusal, release, and stale takeover, on the object-store code path (write, settle, re-read)."""
+    from fake_gcs import fake_gcs
+
+    from distill_jax import workdir_lock
+    from distill_jax.workdir_lock import WorkdirLock, WorkdirLocked
+
+    with fake_gcs(str(tmp_path / "root")):
+        workdir_lock.LOCK_SETTLE_S, settle = 0.05, workdir_lock.LOCK_SETTLE_S
+        try:
+            held = WorkdirLock("gs://bucket/run").acquire()
+            assert (tmp_path / "root" / "bucket" / "run" / "LOCK").is_file()
+            with pytest.raises(WorkdirLocked, match=rf"in use by another run \(host .*, pid {os.getpid()}"):
+                WorkdirLock("gs://bucket/run").acquire()
+            held.release()
+            assert not (tmp_path / "root" / "bucket" / "run" / "LOCK").exists()
+            (tmp_path / "root" / "bucket" / "run" / "LOCK").write_text(json.dumps(
+                {"host": "elsewhere", "pid": 1, "since": "2026-01-01T00:00:00Z", "heartbeat": time.time() - 3600}))
+            WorkdirLock("gs://bucket/run").acquire().release()
+        finally:
+            workdir_lock.LOCK_SETTLE_S = settle
+    assert "taking over the stale lock gs://bucket/run/LOCK" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_refuses_and_the_first_finishes_intact(
         run_8dev, tiny_teacher, data_cache, compilation_cache, tmp_path):
@@ -366,7 +391,18 @@ def test_bad_command_lines_end_in_one_line(tiny_teacher, data_cache, tmp_path):
     (tmp_path / "bin").mkdir()
     binary_file = write_config_file(tmp_path / "bin" / "binary.py", binary)
     w = tmp_path / "w"
+    from distill_jax import run_config
+    owned = tmp_path / "owned"  # a workdir whose config.json is `config`
+    owned.mkdir()
+    run_config.write(config, str(owned), None)
+    owned_before = (owned / "config.json").read_bytes()
     cases = {
+        "another config on resume": ([f"--config={config_file}", "--config.optim.learning_rate=0.01",
+                                      "--config.seed=5", f"--workdir={owned}"],
+                                     f"--workdir={owned} belongs to another config: optim.learning_rate "
+                                     f"(0.001 -> 0.01), seed (0 -> 5) change what its checkpoints mean; use a "
+                                     f"fresh --workdir, or continue from them on purpose with "
+                                     f"--config.allow_config_change=True"),
         "workdir is a file": ([f"--config={config_file}", f"--workdir={a_file}"],
                               f"--workdir={a_file} is a file, not a directory"),
         "missing recipe": (["--config=configs/missing.py", f"--workdir={w}"],
@@ -395,6 +431,7 @@ def test_bad_command_lines_end_in_one_line(tiny_teacher, data_cache, tmp_path):
         if ro_mounted:
             subprocess.run(["umount", "-l", str(read_only)], check=False)
     assert not (w / "config.json").exists()
+    assert (owned / "config.json").read_bytes() == owned_before and not (owned / "LOCK").exists()
 
 
 # ----------------------------------------------------------------------------------------------
