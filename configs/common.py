@@ -123,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.async_checkpoints = True    # write in the background; awaited before exit
     c.stop_after_step = 0         # >0: stop there as if preempted (save, exit); 0 = off
     c.export = True               # write workdir/export (HF format) at the end
+    # A workdir belongs to one config (distill_jax/run_config.py): a resume that changes a field
+    # its checkpoints depend on (shapes, objective, data, optimizer, seed) is refused unless True.
+    c.allow_config_change = False
     c.print_parameters = False    # also print the per-parameter table (always in workdir/parameters.txt)
     # JAX persistent compilation cache (a local dir or gs://...): a restarted or resumed job loads
     # its compiled step instead of compiling again. '' = <workdir>/compilation_cache; 'off' = none.

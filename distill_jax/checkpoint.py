@@ -49,7 +49,8 @@ class _DropOrbaxReadTasks(logging.Filter):
     futures in asyncio's own `_wrap_awaitable`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Task exception was never retrieved"):
+        if not str(record.msg).startswith(("Task exception was never retrieved",
+                                           "Future exception was never retrieved")):
             return True
         exc = record.exc_info[1] if record.exc_info else None
         text = record.getMessage() + (str(exc) if exc is not None else "")
@@ -57,6 +58,22 @@ class _DropOrbaxReadTasks(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_DropOrbaxReadTasks())
+
+
+class _DropOrbaxStorageErrors(logging.Filter):
+    """A save that fails on storage (disk full, read-only) is logged by orbax's background thread
+    with its whole traceback before the trainer sees it; the trainer then reports it in one line
+    (CheckpointSaveError naming the path and the space needed): drop orbax's copy."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in (record.pathname or ""):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return _storage_error(exc) is None and _storage_error(RuntimeError(record.getMessage())) is None
+
+
+for _name in ("absl", "orbax", ""):
+    logging.getLogger(_name).addFilter(_DropOrbaxStorageErrors())
 
 
 def _late_read_callback(exc_type, exc, tb) -> bool:
@@ -69,6 +86,14 @@ def _late_read_callback(exc_type, exc, tb) -> bool:
             and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(tb)))
 
 
+def _abandoned_orbax_coroutine(obj: Any) -> bool:
+    """An orbax read coroutine (e.g. _read_array_index_and_device_put) collected unfinished after
+    a failed restore closed its loop: Python reports it as "Exception ignored in: <coroutine ...>"
+    with a traceback. The restore already failed and was reported in one line."""
+    code = getattr(obj, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
 def _install_late_callback_filter() -> None:
     if getattr(sys.excepthook, "drops_late_read_callbacks", False):
         return
@@ -79,7 +104,8 @@ def _install_late_callback_filter() -> None:
             previous_excepthook(exc_type, exc, tb)
 
     def unraisablehook(unraisable):
-        if not _late_read_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+        if not (_late_read_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+                or _abandoned_orbax_coroutine(unraisable.object)):
             previous_unraisable(unraisable)
 
     excepthook.drops_late_read_callbacks = True
@@ -162,8 +188,21 @@ class Checkpointer:
         # file too, and its stragglers can post to the closed loop before restore() is reached.
         _install_late_callback_filter()
         self.directory = _local_path(directory)
+        # Steps recorded as the last good ones before a divergence are never rotated out
+        # (distill_jax/divergence.py); otherwise the newest max_to_keep.
+        from distill_jax.divergence import protected_steps
+
+        self.protected = protected_steps(self.directory)
+        rotation = dict(max_to_keep=max_to_keep)
+        if self.protected:
+            from orbax.checkpoint import checkpoint_managers as policies
+
+            rotation = dict(preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(n=max_to_keep), policies.CustomSteps(steps=self.protected)]))
+        self._saving: tuple[int, int] | None = None  # (step, bytes) of the save last started
+        self.failed: CheckpointSaveError | None = None  # reported once; later waits stay quiet
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            **rotation,
             create=True,
             enable_async_checkpointing=async_save,
             # The trainer decides when to save (every N steps, SIGTERM, end); orbax must not skip.
@@ -187,17 +226,63 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: Any, meta: dict) -> bool:
         """Starts an (async) save of step `step`; returns False when the step already exists."""
+        # The previous async save finished (orbax waits for it inside save() anyway) and its failure,
+        # if any, reported as that step's, before this save starts.
+        self.wait()
+        if self.failed is not None:
+            raise self.failed
         if step in self._manager.all_steps():
             return False
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=PerProcessJsonSave(data_state),
-                meta=ocp.args.JsonSave(dict(meta, step=int(step))),
-            ),
-            force=True,
-        )
+        self._saving = (int(step), _tree_bytes(state))
+        try:
+            return self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=PerProcessJsonSave(data_state),
+                    meta=ocp.args.JsonSave(dict(meta, step=int(step))),
+                ),
+                force=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - a storage error becomes one line; others re-raise
+            raise self._save_failed(exc) from None
+
+    def check_saves(self) -> None:
+        """Raises CheckpointSaveError when an async save has failed (cheap: reads a flag; the
+        trainer calls it every step, so a run stops at the failed save, not at the next one)."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self._manager.check_for_errors()
+        except Exception as exc:  # noqa: BLE001
+            raise self._save_failed(exc) from None
+
+    def _save_failed(self, exc: BaseException) -> BaseException:
+        """One line for a save that a storage error stopped (disk full, read-only, no permission),
+        after removing its unfinished directory; any other error is returned as it is."""
+        if self.failed is not None:
+            return self.failed
+        cause = _storage_error(exc)
+        if cause is None or self._saving is None:
+            return exc
+        step, needed = self._saving
+        removed = _remove_unfinished(self.directory, step)
+        free = _free_bytes(self.directory)
+        have = f", {free / 2**20:.0f} MiB free now" if free is not None else ""
+        previous = latest_complete_step(self.directory)
+        self.failed = CheckpointSaveError(
+            f"checkpoint save of step {step} failed: {cause.strerror or cause} "
+            f"({cause.filename or self.directory}); a checkpoint needs about {needed / 2**20:.0f} MiB "
+            f"free in {self.directory}{have}; the run stopped there"
+            f"{' and removed the unfinished step' if removed else ''}; free space (or make it "
+            f"writable) and rerun the same command to resume from "
+            f"{f'step {previous}' if previous is not None else 'the start'}")
+        return self.failed
+
+    def storage_failure(self, exc: BaseException) -> BaseException:
+        """The one-line CheckpointSaveError for a storage error while writing a file that belongs
+        to the save in progress (the trainer's history.json), else `exc` itself."""
+        return self._save_failed(exc)
 
     def restore(self, step: int, abstract_state: Any) -> Restored:
         """Restores `step`; arrays take the shapes, dtypes and shardings of `abstract_state`
@@ -224,7 +309,7 @@ class Checkpointer:
             self._check_fits(step, abstract_state)
             restored, error = None, None
             try:
-                restored = self.restore(step, abstract_state)
+                restored = self._restore_retrying(step, abstract_state)
             except CheckpointMismatch:
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (tensorstore, json, ...)
@@ -240,6 +325,24 @@ class Checkpointer:
             f"no checkpoint in {self.directory} restores (steps {', '.join(map(str, steps))} were "
             f"unreadable and are kept in {self.directory}/corrupt-*); start a fresh --workdir, or "
             f"move a repaired copy back to {self.directory}/<step>")
+
+    def _restore_retrying(self, step: int, abstract_state: Any) -> Restored:
+        """restore(step), retried RESTORE_ATTEMPTS times with backoff on errors of the storage
+        rather than of the bytes (a timeout, a dropped connection, EIO): a checkpoint is called
+        corrupt only for what a retry cannot fix (decode errors, missing or short files)."""
+        for attempt in range(RESTORE_ATTEMPTS):
+            try:
+                return self.restore(step, abstract_state)
+            except CheckpointMismatch:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if not _transient(exc) or attempt == RESTORE_ATTEMPTS - 1:
+                    raise
+                delay = RESTORE_BACKOFF_S * 2 ** attempt
+                _warn(f"reading checkpoint step {step} in {self.directory} failed ({_one_line(exc)}); "
+                      f"retrying in {delay:.0f}s ({attempt + 2}/{RESTORE_ATTEMPTS})")
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _check_fits(self, step: int, abstract_state: Any) -> None:
         """CheckpointMismatch when step's stored arrays have other paths or shapes than the run's
@@ -272,12 +375,90 @@ class Checkpointer:
         return target
 
     def wait(self):
-        """Blocks until pending async saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending async saves are on disk (CheckpointSaveError when one failed; once
+        reported, a failed save is not raised again, e.g. by the trainer's final wait)."""
+        already = self.failed is not None
+        try:
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
+        except Exception as exc:  # noqa: BLE001
+            if already:
+                return
+            raise self._save_failed(exc) from None
 
     def close(self):
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
+
+
+RESTORE_ATTEMPTS = 3     # reads of one checkpoint before a storage error counts as damage
+RESTORE_BACKOFF_S = 1.0  # seconds before the 2nd attempt; doubled for each further one
+
+
+def _transient(exc: BaseException) -> bool:
+    """A storage hiccup that a retry may fix (not bytes that will decode no better next time)."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return False  # a missing or misplaced file: damage
+    return isinstance(exc, (TimeoutError, ConnectionError, OSError))
+
+
+class CheckpointSaveError(CheckpointError):
+    """A save failed on storage (disk full, read-only, permission): one line naming the path and
+    the space a checkpoint needs."""
+
+
+# errno values of a storage that cannot take the checkpoint: ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EFBIG
+_STORAGE_ERRNOS = (28, 122, 30, 13, 1, 27)
+
+
+def _storage_error(exc: BaseException | None) -> OSError | None:
+    """The OSError with a storage errno in exc's chain (orbax and tensorstore wrap it), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return exc
+        text = str(exc)
+        for errno_value, word in ((28, "No space left on device"), (30, "Read-only file system"),
+                                  (27, "File too large"), (13, "Permission denied")):
+            if word in text:  # tensorstore reports errno as text in its own exception types
+                return OSError(errno_value, word)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _tree_bytes(tree: Any) -> int:
+    """Bytes of the arrays of `tree` (global shapes): what one checkpoint of it writes, about."""
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
+
+
+def _free_bytes(directory: str) -> int | None:
+    if "://" in directory:
+        return None
+    import shutil
+
+    path = directory
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path or "/").free
+    except OSError:
+        return None
+
+
+def _remove_unfinished(directory: str, step: int) -> bool:
+    """Deletes the temporary directory of an unfinished save of `step` (process 0): orbax ignores
+    it, but it holds the space a rerun needs and would look like a checkpoint to a person."""
+    if jax.process_index() != 0:
+        return False
+    removed = False
+    for path in epath.Path(directory).glob(f"{step}.orbax-checkpoint-tmp*"):
+        try:
+            path.rmtree()
+            removed = True
+        except OSError:
+            pass
+    return removed
 
 
 def latest_complete_step(directory: str) -> int | None:
@@ -295,6 +476,8 @@ def _path_key(path) -> str:
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
+    while exc.__cause__ is not None:  # orbax wraps the cause ("Encountered error while reading ...")
+        exc = exc.__cause__
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = f"{type(exc).__name__}: {text.split(' [tensorstore_spec')[0]}"  # not the JSON spec dumps
     # tensorstore puts the cause last ("... Byte range [0, N) is not valid for value of size M").

@@ -109,13 +109,43 @@ def _parse_flags(argv: list[str]) -> list[str]:
     argv = with_resolved_config(argv)
     sys.argv = argv  # config_flags reads the overrides from sys.argv
     try:
-        return FLAGS(argv)
-    except (KeyError, AttributeError):
-        message = unknown_override_message(argv)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        remaining = FLAGS(argv)
+        if FLAGS["config"].present:
+            FLAGS.config.keys()  # config_flags defers a recipe that failed to load to the first access
+        return remaining
+    except (KeyError, AttributeError) as exc:
+        message = unknown_override_message(argv) or flag_error_line(exc)
+    except (flags.Error, ValueError, TypeError, OSError, SyntaxError, ImportError) as exc:
+        # A recipe that is missing or fails (a bad `:arg`), an override of the wrong type: one line.
+        message = flag_error_line(exc)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def flag_error_line(exc: BaseException) -> str:
+    """One line for a flag-parsing failure: absl's own message (it names the flag and value) with
+    the root cause's, whitespace collapsed; a missing recipe file says where recipes are found."""
+    root = exc
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    parts = [str(exc)] + ([f"{type(root).__name__}: {root}"] if root is not exc and str(root) not in str(exc) else [])
+    text = "\n".join(parts)
+    if "Traceback (most recent call last)" in text:
+        # config_flags puts a recipe's traceback into the message: keep absl's prefix (the flag and
+        # its value) and the traceback's last line (the recipe's own error).
+        prefix = text.split("Error whilst parsing config file")[0]
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = f"{prefix}{last.strip()}"
+    text = text.replace("Configuration is not available because of an earlier failure to load: ", "")
+    text = " ".join(text.split())
+    if isinstance(root, FileNotFoundError) or "No such file" in text:
+        from pathlib import Path
+
+        shipped = PACKAGED_CONFIGS if PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+        names = sorted(p.stem for p in shipped.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
+        text += (f"; --config takes a recipe file (configs/<name>.py) or the name of a shipped one "
+                 f"({', '.join(names)})")
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 # ----------------------------------------------------------------------------------------------

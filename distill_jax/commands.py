@@ -53,7 +53,10 @@ def with_resolved_config(argv: list[str]) -> list[str]:
     return out
 
 
-# Bad config, missing file, NaN, damaged cache, a timeout waiting on other hosts, a stop by SIGTERM.
+# Bad config, missing file, NaN or a loss spike (divergence.Diverged), damaged cache, a timeout
+# waiting on other hosts, a stop by SIGTERM; also, as ValueError subclasses, a workdir held by
+# another run (workdir_lock.WorkdirLocked), a resume with another config (run_config), a checkpoint
+# save that failed on storage (checkpoint.CheckpointSaveError).
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TimeoutError)
 
 

@@ -1,21 +1,26 @@
 """The distillation trainer: `train_and_evaluate(config, workdir)`, in commented phases.
 
+  0. one writer per workdir (<workdir>/LOCK, distill_jax/workdir_lock.py) and one config per
+     workdir (a resume that changes what the checkpoints mean is refused: distill_jax/run_config.py)
   1. check the config (every impossible value named before anything heavy runs); resolve the
      teacher's directory (fails in seconds when it is not reachable; a gs:// teacher is copied
      once per host); SIGTERM is heard from here on (distill_jax/preemption.py)
-  2. mesh; workdir/config.json (the config this run started with); the persistent compilation
-     cache (default <workdir>/compilation_cache, so a restart loads the compiled step)
+  2. mesh; the persistent compilation cache (default <workdir>/compilation_cache, so a restart
+     loads the compiled step)
   3-4. teacher (loaded once, cast once), student, objective (+ aux params), optimizer state, all
      created already sharded, and the jitted step: distill_jax.train_setup.build_train_setup,
      the builder the benchmark and the TPU plan (python -m distill_jax.plan) call too
   5. compile the step from the abstract batch, before any data work: a compile error or an OOM
      shows within minutes, not after an hour of tokenizing
   6. data iterator (per host; the cache built once, by all hosts together when none is prepared)
-  7. resume from the newest checkpoint in workdir, if any
-  8. the loop: step, metrics, NaN check, checkpoints, preemption (SIGTERM, agreed every step)
+  7. resume from the newest checkpoint in workdir, if any; then workdir/config.json (the config
+     this run started with: written only once every check above passed)
+  8. the loop: step, metrics, divergence check (NaN or a loss spike: distill_jax/divergence.py,
+     before any save), checkpoints (a failed save stops the run), preemption (SIGTERM, every step)
   9. the end: final checkpoint, export in HF format, summary.json, loss-curve PNG
 
-Workdir layout: config.json, checkpoints/<step>/... (+ checkpoints/history.json),
+Workdir layout: LOCK (while a run holds it), config.json, checkpoints/<step>/... (+
+checkpoints/history.json, checkpoints/divergence.json after a detected divergence),
 tensorboard/events.*, export/ (HF model + tokenizer), summary.json, loss_curves.png.
 """
 
@@ -37,11 +42,13 @@ from etils import epath
 from flax import nnx
 
 from distill_jax import checkpoint as ckpt_lib
+from distill_jax import divergence, run_config
 from distill_jax import preemption as preemption_lib
 from distill_jax import metrics as metrics_lib
 from distill_jax import sharding, train_setup
-from distill_jax import step as step_lib
+from distill_jax.atomic import write_atomic
 from distill_jax.train_setup import abstract_like as _abstract
+from distill_jax.workdir_lock import WorkdirLock
 
 
 def log(message: str) -> None:
@@ -80,11 +87,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     config = ml_collections.ConfigDict(config)  # never mutate the caller's config
     workdir = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
     train_setup.check_config(config, jax.process_count())
-    stop = preemption_lib.StopSignal()  # SIGTERM from here on: before the loop, one line and out
+    # One writer per workdir (process 0 holds <workdir>/LOCK for the run's life), and a workdir
+    # belongs to one config: both refused in one line before anything is written there.
+    lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    stop = None
     try:
-        return _train(config, workdir, stop)
+        stored_config = run_config.check_resume(config, workdir)
+        stop = preemption_lib.StopSignal()  # SIGTERM from here on: before the loop, one line and out
+        return _train(config, workdir, stop, stored_config)
     finally:
-        stop.close()
+        if stop is not None:
+            stop.close()
+        if lock is not None:
+            lock.release()
 
 
 def compilation_cache_dir(config, workdir: str) -> str | None:
@@ -111,7 +126,7 @@ def data_cache_dir(config, workdir: str) -> str | None:
     return None
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
+def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config: dict | None) -> RunResult:
     from distill_jax import models
     from distill_jax.models.hf_io import read_hf_config
 
@@ -131,8 +146,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
     log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, "
         f"{jax.process_count()} process(es); workdir {workdir}")
     if jax.process_index() == 0:
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        epath.Path(f"{workdir}/config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # config.json: once every check passed
     compilation_cache = compilation_cache_dir(config, workdir)
     _use_compilation_cache(compilation_cache)
     stop.check("start-up")
@@ -210,6 +224,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
         log(f"resumed from checkpoint step {restored.step} in {checkpointer.directory}")
     start_step = int(jax.device_get(state["step"]))
     stop.check("the restore")
+    if jax.process_index() == 0:  # every check passed: the workdir now belongs to this config
+        run_config.write(config, workdir, stored_config)
     first_batch = sharding.global_batch_from_local(next(data_iter), mesh)
 
     tokens_per_step = config.batch_size * config.data.seq_len
@@ -241,11 +257,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
     loop_start = time.time()
 
     in_flight = None  # the previous step's metrics: waited for, so no process runs ahead (preemption.py)
+    guard = divergence.DivergenceGuard(history)  # stops a blow-up before it is saved (divergence.py)
 
     def save(at_step: int):
         checkpointer.save(at_step, state, data_iter.get_state(),
                           {"seed": seed, "elapsed_s": elapsed_before + time.time() - loop_start})
-        _save_history(workdir, history)
+        try:
+            _save_history(workdir, history)
+        except OSError as exc:  # a full or read-only disk: one line, like the checkpoint's own files
+            raise checkpointer.storage_failure(exc) from None
 
     peer_lost = None
     try:
@@ -259,6 +279,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
             pending.append(step_metrics)
             preemption_lib.wait_for_step(in_flight)
             in_flight = step_metrics
+            checkpointer.check_saves()  # a failed async save stops the run here, not at the next save
 
             log_now = step % config.log_every == 0 or step == config.total_steps or step == start_step + 1
             save_now = step % config.checkpoint_every == 0 or step == config.total_steps
@@ -268,13 +289,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
                 pending = []
                 last_metrics = metrics_lib.flatten_step_metrics(host_metrics[-1])
                 for index, m in enumerate(host_metrics):
-                    bad = step_lib.first_non_finite(m)
-                    if bad is not None:
-                        bad_step = step - len(host_metrics) + index + 1
-                        raise FloatingPointError(
-                            f"non-finite {bad} at step {bad_step}: training stopped, last good "
-                            f"checkpoint step {checkpointer.latest_step()}; lower optim.learning_rate "
-                            f"or check the data")
+                    bad_step = step - len(host_metrics) + index + 1
+                    reason = guard.check(bad_step, m)
+                    if reason is not None:
+                        checkpointer.wait()  # the newest save (all predate the spike) is complete
+                        good = checkpointer.latest_step()
+                        if jax.process_index() == 0:
+                            divergence.record(checkpointer.directory, spike_step=bad_step, good_step=good,
+                                              reason=reason)
+                        raise divergence.Diverged(
+                            divergence.diverged_message(reason, good, checkpointer.directory))
                 if log_now:
                     scalars = _mean_scalars(host_metrics)
                     scalars.update(throughput.report(step))
@@ -324,7 +348,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop) -> RunResult:
             summary["export_dir"] = export_dir
             log(f"student exported (HF format) to {export_dir}")
     if jax.process_index() == 0:
-        epath.Path(f"{workdir}/summary.json").write_text(json.dumps(summary, indent=1))
+        write_atomic(f"{workdir}/summary.json", json.dumps(summary, indent=1))  # whole or absent
         if history and not preempted:
             from distill_jax.plots import plot_loss_curves
             with _local_dir(workdir, only="loss_curves.png") as local:
@@ -381,7 +405,7 @@ def _save_history(workdir: str, history: list[dict]) -> None:
     if jax.process_index() == 0:
         path = epath.Path(_history_path(workdir))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(history))
+        write_atomic(str(path), json.dumps(history))
 
 
 def _load_history(workdir: str) -> list[dict]:

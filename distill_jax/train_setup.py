@@ -77,6 +77,13 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
     if config.attention_impl not in ATTENTION_CHOICES:
         raise ValueError(f"config.attention_impl={config.attention_impl!r}: use one of "
                          f"{', '.join(map(repr, ATTENTION_CHOICES))}")
+    for field in ("learning_rate", "end_learning_rate"):
+        value = config.optim[field]
+        lowest_ok = 0.0 if field == "end_learning_rate" else None
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(value) or (value <= 0 if lowest_ok is None else value < 0):
+            raise ValueError(f"config.optim.{field}={value!r}: must be a finite number "
+                             f"{'> 0' if lowest_ok is None else '>= 0'}, e.g. --config.optim.{field}=5e-4")
     if config.stop_after_step < 0:
         raise ValueError(f"config.stop_after_step={config.stop_after_step}: must be >= 0 (0 = off)")
 

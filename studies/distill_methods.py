@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from distill_jax.run_config import OPERATIONAL_FIELDS
+
 REFERENCES = ("teacher", "none")
 TABLE_NAME = "study_results"
 
@@ -53,10 +55,8 @@ def log(message: str) -> None:
 # method's identity, so stopping early (stop_after_step), logging more often or moving the caches
 # does not orphan finished records. attention_impl picks a kernel for the same softmax attention;
 # eval (scores logged during training) reads the student and never changes it.
-_OPERATIONAL_FIELDS = ("cache_dir", "compilation_cache_dir", "stop_after_step", "log_every", "checkpoint_every",
-                       "keep_checkpoints", "async_checkpoints", "export", "peak_flops_per_device", "prefetch",
-                       "tokenize_batch_documents", "shard_blocks", "build_workers", "print_parameters",
-                       "attention_impl", "eval")
+# One list, owned by distill_jax/run_config.py (the trainer's resume check reads it too).
+_OPERATIONAL_FIELDS = OPERATIONAL_FIELDS
 
 
 def _portable(node: Any) -> Any:

@@ -111,6 +111,15 @@ class BatchIterator:
                     f"{value!r}: resume with the same data config, seed and global batch size")
         if state.get("corpus_key") != self.corpus.key:
             self._check_same_tokens(state)
+        elif state.get("corpus_sha256") not in (None, self.corpus.content_sha256):
+            # Same cache entry, other tokens: the entry was rebuilt or its files replaced since the
+            # checkpoint (the cache verifies the shards against their own sha256 when opened, so this
+            # compares the checkpoint's record with what this run actually reads).
+            raise ValueError(
+                f"data iterator state was saved on packed tokens with sha256 "
+                f"{state['corpus_sha256'][:16]} but the cache entry {self.corpus.path} now holds "
+                f"{self.corpus.content_sha256[:16]}: the cached data changed since the checkpoint; "
+                f"restore the corpus it was trained on, or start a fresh --workdir")
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
         if not 0 <= step <= self.steps_per_epoch:
             raise ValueError(f"data iterator state step_in_epoch={step} outside [0, {self.steps_per_epoch}]")

@@ -19,6 +19,7 @@ ValueError naming the field.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import os
 from collections.abc import Iterator
@@ -131,12 +132,41 @@ def resolve_paths(patterns: list[str], field: str = "data.paths") -> list[str]:
     return files
 
 
+SNIFF_BYTES = 1024  # the head of every text file read to refuse binaries (a wrong path or glob)
+MAX_INVALID_IN_SNIFF = 8  # invalid UTF-8 sequences tolerated there (stray bytes in real text are
+#                           replaced and counted, see Source.decode; a binary has them by the dozen)
+
+
+def refuse_binary(path: str) -> None:
+    """ValueError naming `path` when its first SNIFF_BYTES hold a NUL byte or more than
+    MAX_INVALID_IN_SNIFF invalid UTF-8 sequences (a multibyte character cut at the end of the sample
+    does not count): a binary or compressed file given as a text corpus would otherwise be
+    tokenized into noise, with one warning about U+FFFD."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    cause = None
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        cause = f"a NUL byte at offset {nul}"
+    else:
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head, final=False)
+        invalid = text.count("\ufffd") - head.count(_REPLACEMENT_BYTES)
+        if invalid > MAX_INVALID_IN_SNIFF:
+            cause = f"{invalid} invalid UTF-8 sequences"
+    if cause is not None:
+        raise ValueError(f"data.paths: {path} is not a UTF-8 text file ({cause} in its first "
+                         f"{SNIFF_BYTES} bytes); point data.paths at text files (decompress .gz/.bz2 "
+                         f"first; use data.source='hf' or 'tfds' for other formats)")
+
+
 class _FileSource(Source):
     """Shared by the text and wikiextractor readers: byte-progress over a list of files."""
 
     def __init__(self, patterns: list[str]):
         super().__init__()
         self.files = resolve_paths(patterns)
+        for path in self.files:
+            refuse_binary(path)
         self.sizes = [os.path.getsize(f) for f in self.files]
         self.shard_files = group_by_size(self.files, self.sizes, MAX_FILE_SHARDS, MIN_SHARD_BYTES)
         self._shard_bytes = 1

@@ -131,9 +131,21 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     The format is an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
     data_offsets) and the raw bytes; reading it directly avoids framework-specific dtype gaps.
     """
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError(f"its header claims {header_len} bytes")
+            header = json.loads(f.read(header_len))
+        data_bytes = max((int(i["data_offsets"][1]) for n, i in header.items() if n != "__metadata__"),
+                         default=0)
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}; {size} bytes): "
+                         f"truncated or damaged, restore it (or download the model again)") from None
+    if 8 + header_len + data_bytes > size:
+        raise ValueError(f"{path} is truncated: its header lists {8 + header_len + data_bytes} bytes "
+                         f"but the file has {size}; restore it (or download the model again)")
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
     tensors = {}
     for name, info in header.items():
@@ -213,7 +225,14 @@ def read_hf_config(model_dir: Path) -> dict:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; pass an HF model directory "
                                 "(config.json + model.safetensors)")
-    return json.loads(cfg_path.read_text())
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{cfg_path} is not valid JSON ({exc}); restore the file (or download the "
+                         f"model again)") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} holds {type(config).__name__}, not a JSON object; restore the file")
+    return config
 
 
 # Architecture shapes (the config.json numbers) of public hub checkpoints the recipes name, so a
