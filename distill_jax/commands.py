@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from distill_jax.extras import MissingExtra
+
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # present in an installed wheel
 
 
@@ -54,7 +56,7 @@ def with_resolved_config(argv: list[str]) -> list[str]:
 
 
 # Bad config, missing file, NaN, damaged cache, a timeout waiting on other hosts, a stop by SIGTERM.
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TimeoutError)
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TimeoutError, MissingExtra)
 
 
 def run_with_one_line_errors(entry: Callable[[], object]) -> None:
