@@ -80,6 +80,9 @@ def test_wheel_holds_the_package_and_recipes_and_its_metadata_are_the_requiremen
     assert sorted(extras["test"]) == sorted(normalised["test"] + normalised["tfds"] + normalised["tpu"])
     # [train] has no TensorFlow (TensorBoard events: distill_jax/event_writer.py); tfds has its extra.
     assert not [r for r in extras["train"] if r.startswith(("tensorflow", "tensorflow-datasets"))]
+    # Licence, author and the licence file travel with the wheel.
+    assert "License-Expression: Apache-2.0" in metadata and "Author: distill_jax maintainers" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     # What scripts/env.sh installs is exactly those files.
     assert (REPO / "requirements.txt").read_text().split("\n-r ")[1:] == [
         "requirements/core.txt", "requirements/models.txt", "requirements/train.txt\n"]
