@@ -1,6 +1,6 @@
 """The export's model card: README.md with the Hugging Face metadata header, from the run's facts.
 
-The hub shows the YAML header (base_model = the teacher, library_name, tags, license) as the
+The hub shows the YAML header (base_model = the teacher when it is a hub id, library_name, tags, license) as the
 model's metadata and the markdown below it as its page. Everything in the card comes from the
 run's summary (summary.json: config, steps, logged losses, command), never typed by hand:
 teacher, objective and its weights, student shape, steps, tokens seen, corpus, final losses, the
@@ -21,6 +21,11 @@ DEFAULT_LICENSE = "apache-2.0"
 
 def _yaml_str(value: str) -> str:
     return json.dumps(str(value))  # a JSON string is a valid YAML scalar
+
+
+def is_hub_id(name: str) -> bool:
+    """'owner/model' names a hub model (base_model and the link need one); a path does not."""
+    return "://" not in name and not name.startswith((".", "/", "~")) and name.count("/") == 1
 
 
 def corpus_description(data: Mapping) -> str:
@@ -82,7 +87,8 @@ def render_model_card(summary: Mapping, *, export_dir: str, architecture: str,
     tags = ["distill_jax", "distillation", "jax", "flax"] + (
         ["sentence-transformers", "feature-extraction", "sentence-similarity"] if sentence_transformers
         else ["fill-mask" if architecture.endswith("ForMaskedLM") else "feature-extraction"])
-    header = ["---", f"base_model: {_yaml_str(teacher)}", f"library_name: {library}",
+    hub_id = is_hub_id(teacher)
+    header = ["---"] + ([f"base_model: {_yaml_str(teacher)}"] if hub_id else []) + [f"library_name: {library}",
               f"license: {license}", "tags:"] + [f"- {t}" for t in tags] + ["---", ""]
 
     student = config["student"]
@@ -90,7 +96,8 @@ def render_model_card(summary: Mapping, *, export_dir: str, architecture: str,
     lines = [
         f"# {student.get('num_layers')}x{student.get('hidden_size')} student of {teacher}",
         "",
-        f"A task-agnostic distillation of [{teacher}](https://huggingface.co/{teacher}) by "
+        "A task-agnostic distillation of "
+        + (f"[{teacher}](https://huggingface.co/{teacher})" if hub_id else f"`{teacher}`") + " by "
         f"distill_jax (`{architecture}`"
         + (f"; a sentence-transformers model: {sentence_transformers}" if sentence_transformers else "")
         + ").",

@@ -116,6 +116,7 @@ def test_a_plain_teacher_gives_a_transformers_card_with_evaluation_and_the_expor
     assert "no modules.json" in facts["sentence_transformers"] and not (out / "modules.json").exists()
     readme = (out / "README.md").read_text()
     assert "library_name: transformers" in readme and "| GLUE sst2 acc | 0.5000 |" in readme
+    assert "base_model" not in readme and f"`{teacher_dir}`" in readme  # a path is no hub id
 
     # A failing rewrite leaves the previous export whole and no staging directory behind.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
