@@ -5,7 +5,7 @@ relations on the builtin corpus, on this machine's CPU (a few minutes on 2 cores
     bash scripts/quickstart.sh                      # the same, creating the venv first
 
 Args (comma-separated after ':'): steps=<n> to change the run length (default 200), e.g.
-configs/quickstart.py:steps=50.
+configs/quickstart.py:steps=50; `--config.total_steps=50` does the same (the warmup follows).
 """
 
 from configs import common
@@ -40,7 +40,9 @@ def get_config(arg=None):
     c.batch_size = 32
     c.total_steps = args.steps    # ~90 GFLOPs a step; the loss has flattened by ~200 (measured)
     c.optim.learning_rate = 5e-4  # a short run: MiniLMv2's 6e-4-ish peak minus a little margin
-    c.optim.warmup_steps = max(1, args.steps // 10)
+    # 10% of the run, following --config.total_steps=N as well as steps=N (a lazy reference; an
+    # explicit --config.optim.warmup_steps still wins).
+    c.optim.warmup_steps = c.get_ref("total_steps") // 10
     c.log_every = 20
     c.checkpoint_every = 100
     c.keep_checkpoints = 2

@@ -18,24 +18,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging as py_logging
 import os
 import sys
 
-# Before TensorFlow (clu's writer) and transformers are imported anywhere.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow talks a lot at import
-
-
-class _DropTorchNotFound(py_logging.Filter):
-    """transformers warns "PyTorch was not found. Models won't be available ..." at import when torch
-    is absent, which is the normal case here (we use its tokenizers and configs only)."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("PyTorch was not found")
-
-
-# On the logger itself (not a handler): transformers adds its handlers at import, the filter stays.
-py_logging.getLogger("transformers").addFilter(_DropTorchNotFound())
+# Before jaxlib/XLA and transformers are imported anywhere (XLA's C++ logging honours it).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# transformers' "PyTorch was not found" line is dropped by distill_jax/__init__.py (library users too).
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -43,7 +31,7 @@ from ml_collections import config_flags  # noqa: E402
 # The recipe lookup and the one-line error policy are shared with the other commands
 # (python -m distill_jax.data.prepare, python -m distill_jax.plan); re-exported here.
 from distill_jax.commands import (EXPECTED_ERRORS, PACKAGED_CONFIGS,  # noqa: E402,F401
-                                  resolve_config_file, run_with_one_line_errors,
+                                  record_command, resolve_config_file, run_with_one_line_errors,
                                   with_resolved_config)
 
 # config.mode -> "module:function"; the function is called as function(config, workdir).
@@ -157,7 +145,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from absl import logging
 
-    from distill_jax import distributed, stack_limit
+    from distill_jax import distributed, platforms, stack_limit
+
+    platforms.choose_platforms()  # libtpu stays quiet on a machine without a TPU
 
     student = FLAGS.config.get("student") or {}
     if stack_limit.needs_hard_stack_limit(bool(student.get("remat", False))):
@@ -181,9 +171,12 @@ def run(argv: list[str] | None = None) -> None:
     from distill_jax.distributed import PeerLost, exit_peer_lost
     from distill_jax.preemption import STOPPED_EXIT_CODE, Stopped
 
+    argv = argv if argv is not None else sys.argv
+    record_command(argv)  # the model card and summary.json name the exact command
+
     def entry():
         try:
-            app.run(main, argv=argv if argv is not None else sys.argv, flags_parser=_parse_flags)
+            app.run(main, argv=argv, flags_parser=_parse_flags)
         except PeerLost as exc:
             exit_peer_lost(exc)  # one line, exit 75, no jax.distributed shutdown (it would abort)
         except Stopped as exc:

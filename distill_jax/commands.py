@@ -9,9 +9,31 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from distill_jax.extras import MissingExtra
+
+_COMMAND: list[str] | None = None  # the argv of the command this process runs (record_command)
+
+
+def record_command(argv: list[str]) -> None:
+    """Remembers the command line (before flag parsing rewrites it), for invocation()."""
+    global _COMMAND
+    _COMMAND = list(argv)
+
+
+def invocation() -> str | None:
+    """The command this process runs, as a user would type it again ('python main.py ...' or
+    'distill-jax ...'); None when no command recorded one (a library call)."""
+    if _COMMAND is None:
+        return None
+    program = os.path.basename(_COMMAND[0])
+    head = ["python", _COMMAND[0]] if program.endswith(".py") else [program]
+    return shlex.join(head + _COMMAND[1:])
+
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # present in an installed wheel
 
@@ -56,8 +78,8 @@ def with_resolved_config(argv: list[str]) -> list[str]:
 # Bad config, missing file, NaN or a loss spike (divergence.Diverged), damaged cache, a timeout
 # waiting on other hosts, a stop by SIGTERM; also, as ValueError subclasses, a workdir held by
 # another run (workdir_lock.WorkdirLocked), a resume with another config (run_config), a checkpoint
-# save that failed on storage (checkpoint.CheckpointSaveError).
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TimeoutError)
+# save that failed on storage (checkpoint.CheckpointSaveError); an optional extra that is not installed (MissingExtra).
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, TimeoutError, MissingExtra)
 
 
 def run_with_one_line_errors(entry: Callable[[], object]) -> None:

@@ -1,7 +1,8 @@
-"""Training metrics: clu writers (TensorBoard + log), console lines, parameter overview,
+"""Training metrics: the TensorBoard writer, console lines, parameter overview,
 progress with ETA, and MFU.
 
-Scalar names written to TensorBoard (tags):
+Scalar names written to TensorBoard (tags; float32 `simple_value`s, so TensorBoard's
+`EventAccumulator(<workdir>/tensorboard).Scalars(tag)` and tbparse's `.scalars` read them):
   loss                 total objective (weighted sum of the terms)
   loss/<term>          every objective term on its own (e.g. loss/minilmv2_qq, loss/hs)
   learning_rate, grad_norm (before clipping)
@@ -186,18 +187,9 @@ def console_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> s
 
 
 def create_writer(workdir: str):
-    """clu writer of TensorBoard event files under workdir/tensorboard, on process 0 only (the
-    other processes get a writer that drops everything). Asynchronous: call .close() at the end.
-    Console output is `console_line`'s job, so no logging writer is added here."""
-    import os
+    """TensorBoard event writer (distill_jax/event_writer.py, no TensorFlow) of workdir/tensorboard,
+    on process 0 only (the other processes get one that drops everything); .close() at the end.
+    Console output is `console_line`'s job."""
+    from distill_jax.event_writer import EventWriter
 
-    # clu writes through TensorFlow; only its summary ops run, so TF's CPU kernels' settings are
-    # irrelevant here, and these keep its import banner off the console.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    from clu import metric_writers
-
-    if jax.process_index() > 0:
-        return metric_writers.MultiWriter([])
-    return metric_writers.AsyncWriter(
-        metric_writers.SummaryWriter(f"{workdir.rstrip('/')}/tensorboard"))
+    return EventWriter(f"{workdir.rstrip('/')}/tensorboard" if jax.process_index() == 0 else None)

@@ -21,7 +21,9 @@ def learning_rate_schedule(peak_lr: float, warmup_steps: int, total_steps: int,
     Step s is the learning rate used by the update that produces step s+1 (optax counts updates).
     """
     if warmup_steps < 0 or warmup_steps > total_steps:
-        raise ValueError(f"optim.warmup_steps={warmup_steps} must lie in [0, total_steps={total_steps}]")
+        raise ValueError(f"optim.warmup_steps={warmup_steps} must lie in [0, total_steps={total_steps}]: set "
+                         f"--config.optim.warmup_steps too, or shorten the run through the recipe's steps "
+                         f"arg, which scales its warmup (e.g. --config=configs/quickstart.py:steps={total_steps})")
     warmup = optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1))
     decay = optax.linear_schedule(peak_lr, end_lr, max(total_steps - warmup_steps, 1))
     if warmup_steps == 0:

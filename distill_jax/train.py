@@ -21,7 +21,8 @@
 
 Workdir layout: LOCK (while a run holds it), config.json, checkpoints/<step>/... (+
 checkpoints/history.json, checkpoints/divergence.json after a detected divergence),
-tensorboard/events.*, export/ (HF model + tokenizer), summary.json, loss_curves.png.
+tensorboard/events.*, export/ (HF model + tokenizer + model card: distill_jax/export.py),
+summary.json, loss_curves.png.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from flax import nnx
 
 from distill_jax import checkpoint as ckpt_lib
 from distill_jax import divergence, run_config
+from distill_jax import commands
 from distill_jax import preemption as preemption_lib
 from distill_jax import metrics as metrics_lib
 from distill_jax import sharding, train_setup
@@ -342,9 +344,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
         export_dir = f"{workdir}/export"
         final_student = host_params(state["params"]["student"])
         if jax.process_index() == 0:
+            from distill_jax.export import export_student  # model card, ST stack, atomic
             model = nnx.merge(student_graphdef, final_student)
-            with _local_dir(export_dir) as local:
-                models.export_pretrained(model, local, tokenizer_dir=teacher_dir)
+            summary["export"] = export_student(model, export_dir, teacher_dir=teacher_dir, summary=summary)
             summary["export_dir"] = export_dir
             log(f"student exported (HF format) to {export_dir}")
     if jax.process_index() == 0:
@@ -443,6 +445,7 @@ def _summary(config, workdir, step, start_step, history, last_metrics, compile_s
     steps_per_sec = steps_run / train_s if train_s > 0 else 0.0
     return {
         "config": config.to_dict(),
+        "command": commands.invocation(),  # the command line that ran (None: called from Python)
         "teacher_dir": teacher_dir,
         "workdir": workdir,
         "steps": {"final": step, "total": int(config.total_steps), "this_run": steps_run,

@@ -147,6 +147,36 @@ def test_quickstart_is_offline_and_cpu_sized():
     assert load("quickstart", "steps=50").total_steps == 50
 
 
+def _parse(argv):
+    from absl import flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+
+def test_quickstart_warmup_follows_a_shortened_run_and_an_explicit_one_wins():
+    """--config.total_steps=N below the default warmup (20) used to fail; the warmup is 10% of
+    whatever total_steps becomes, through steps=N or --config.total_steps=N."""
+    from distill_jax.optim import learning_rate_schedule
+
+    for argv, (total, warmup) in [
+            (["p", "--config=configs/quickstart.py"], (200, 20)),
+            (["p", "--config=configs/quickstart.py:steps=50"], (50, 5)),
+            (["p", "--config=configs/quickstart.py", "--config.total_steps=10"], (10, 1)),
+            (["p", "--config=configs/quickstart.py", "--config.total_steps=10",
+              "--config.optim.warmup_steps=3"], (10, 3))]:
+        c = _parse(argv)
+        assert (c.total_steps, c.optim.warmup_steps) == (total, warmup), argv
+        assert c.to_dict()["optim"]["warmup_steps"] == warmup  # what config.json records
+        learning_rate_schedule(c.optim.learning_rate, c.optim.warmup_steps, c.total_steps)
+    # A warmup longer than the run names both ways out.
+    with pytest.raises(ValueError, match=r"warmup_steps=20 must lie in \[0, total_steps=10\]: set "
+                                         r"--config.optim.warmup_steps too, .*quickstart.py:steps=10\)$"):
+        learning_rate_schedule(5e-4, 20, 10)
+
+
 def test_main_rejects_an_unknown_mode(tmp_path):
     proc = subprocess.run(
         [sys.executable, "main.py", "--config=configs/quickstart.py", "--config.mode=bogus",

@@ -3,6 +3,7 @@ tensorflow-datasets under mock_data, the WikiExtractor reader on real Wikipedia,
 
 import importlib.util
 import os
+import sys
 import threading
 
 import numpy as np
@@ -161,6 +162,22 @@ def test_tfds_under_mock_data(tokenizer, tmp_path):
     want = [w for w in want if w]
     assert corpus.meta["num_documents"] == len(want) > 0
     np.testing.assert_array_equal(_corpus_stream(corpus), _stream(tokenizer, want))
+
+
+def test_tfds_without_the_extra_fails_with_one_line_naming_it(tokenizer, tmp_path, monkeypatch):
+    """[train] has no tensorflow-datasets: the tfds source (and the GLUE harness's) name the extra."""
+    from distill_jax.evaluate import data as glue_data
+    from distill_jax.evaluate.tasks import get_task
+    from distill_jax.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import` now raises ImportError
+    with pytest.raises(MissingExtra) as info:
+        build_packed_corpus(_cfg(source="tfds", tfds_name="lm1b", seq_len=32), tokenizer,
+                            cache_dir=str(tmp_path / "cache"))
+    assert str(info.value) == ("data.source='tfds' needs tensorflow-datasets, which [train] does not "
+                               "install: pip install \"distill_jax[tfds]\"")
+    with pytest.raises(MissingExtra, match=r"^config.data.source='tfds' .* pip install \"distill_jax\[tfds\]\"$"):
+        glue_data.read_tfds(get_task("rte"), "train")
 
 
 def test_wikiextractor_reader_on_real_wikipedia(tokenizer, tmp_path):

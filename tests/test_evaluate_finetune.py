@@ -4,6 +4,7 @@ run_from_config (sharded over 8 fake devices), a learning check, resume, and the
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,10 +120,18 @@ def test_finetune_learns_a_separable_task(tiny_bert):
     dev = {"dev": encode.encode_examples(tok, data.Examples(["good good", "bad bad", "so good", "so bad"], None,
                                                             np.array([1, 0, 1, 0], np.int32)), 16)}
     recipe = get_config("epochs=8,batch=8,max_len=16").finetune  # 16 steps
-    recipe.pad_multiple, recipe.eval_batch_size, recipe.log_every_steps = 16, 8, 0
+    recipe.pad_multiple, recipe.eval_batch_size, recipe.log_every_steps = 16, 8, 4
     mesh = shd.make_mesh(-1, 1, 1)
+    lines = []
     result = finetune.finetune(lambda s: model.make_classifier(2, s), model_io.forward, spec, train, dev, recipe,
-                               1e-2, 0, mesh, log=lambda _: None)
+                               1e-2, 0, mesh, log=lines.append)
+    # The progress lines: an ETA on every step line and on every epoch line but the last; the dev
+    # split is named once ('dev acc=', not 'dev dev:acc=').
+    step_lines = [line for line in lines if " step " in line]
+    assert len(step_lines) == 4 and all(re.search(r", ETA \d+m\d\ds\)$", line) for line in step_lines)
+    epoch_lines = [line for line in lines if " epoch " in line]
+    assert len(epoch_lines) == 8 and all("ETA" in line for line in epoch_lines[:-1])
+    assert all(" dev acc=" in line and "dev:" not in line for line in epoch_lines), epoch_lines[0]
     losses = [e["train_loss"] for e in result.epochs]
     assert losses[-1] < 0.5 * losses[0]
     assert result.best["dev"]["dev"]["acc"] == 1.0

@@ -70,12 +70,19 @@ def test_wheel_holds_the_package_and_recipes_and_its_metadata_are_the_requiremen
             extra = re.search(r'extra == "([^"]+)"', requirement)
             (extras.setdefault(extra.group(1), []) if extra else core).append(_normalise(requirement))
     normalised = {name: sorted(map(_normalise, _requirements(name)))
-                  for name in ("core", "models", "train", "tpu", "test")}
+                  for name in ("core", "models", "train", "tpu", "tfds", "test")}
     assert sorted(core) == normalised["core"] == sorted(["jax<0.11,>=0.10.0", "numpy<3,>=2.0"])
     assert sorted(extras["models"]) == normalised["models"]
     assert sorted(extras["train"]) == sorted(normalised["models"] + normalised["train"])
     assert extras["tpu"] == ["jax[tpu]"]
-    assert sorted(extras["test"]) == sorted(normalised["test"] + normalised["tpu"])  # libtpu: the plan's tests
+    assert sorted(extras["tfds"]) == normalised["tfds"]
+    # libtpu: the plan's tests; tfds: its sources' tests.
+    assert sorted(extras["test"]) == sorted(normalised["test"] + normalised["tfds"] + normalised["tpu"])
+    # [train] has no TensorFlow (TensorBoard events: distill_jax/event_writer.py); tfds has its extra.
+    assert not [r for r in extras["train"] if r.startswith(("tensorflow", "tensorflow-datasets"))]
+    # Licence, author and the licence file travel with the wheel.
+    assert "License-Expression: Apache-2.0" in metadata and "Author: distill_jax maintainers" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     # What scripts/env.sh installs is exactly those files.
     assert (REPO / "requirements.txt").read_text().split("\n-r ")[1:] == [
         "requirements/core.txt", "requirements/models.txt", "requirements/train.txt\n"]

@@ -381,8 +381,9 @@ class TfdsSource(Source):
     NUM_SHARDS = 64
 
     def _builder(self):
-        import tensorflow_datasets as tfds  # heavy import; only when this source is used
+        from distill_jax.extras import import_tfds
 
+        tfds = import_tfds("data.source")  # heavy import (TensorFlow); only when this source is used
         try:
             builder = tfds.builder(self.name, data_dir=self.data_dir)
         except Exception as e:  # tfds raises many types (DatasetNotFoundError, AssertionError ..)

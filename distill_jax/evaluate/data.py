@@ -170,7 +170,9 @@ def read_hf(spec: TaskSpec, split: str, hf_path: str = "nyu-mll/glue") -> Exampl
 
 def read_tfds(spec: TaskSpec, split: str, data_dir: str | None = None) -> Examples:
     """Reads a split from tensorflow-datasets `glue/<task>` (downloads unless prepared in data_dir)."""
-    import tensorflow_datasets as tfds  # heavy import, only on this path
+    from distill_jax.extras import import_tfds
+
+    tfds = import_tfds("config.data.source")  # heavy import (TensorFlow), only on this path
 
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     builder.download_and_prepare()

@@ -167,6 +167,14 @@ class RunResult:
         return d
 
 
+def _eta(run_start: float, step: int, total_steps: int) -> str:
+    """Time left in this run at the pace so far (training and the dev evaluations), e.g. '3m05s'."""
+    from distill_jax.metrics import format_duration
+
+    elapsed = time.perf_counter() - run_start
+    return format_duration(elapsed / max(step, 1) * (total_steps - step))
+
+
 def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: TaskSpec,
              train: encode.EncodedSplit, dev: dict[str, encode.EncodedSplit], recipe,
              learning_rate: float, seed: int, mesh: Mesh, model_label: str = "model",
@@ -228,7 +236,8 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
             if log_every and step % log_every == 0:
                 recent = float(np.mean([_to_host(x) for x in losses[-log_every:]]))
                 log(f"[glue] {tag} step {step}/{total_steps} loss {recent:.4f} "
-                    f"({(time.perf_counter() - epoch_start) / (step - (epoch - 1) * steps_per_epoch):.2f} s/step)")
+                    f"({(time.perf_counter() - epoch_start) / (step - (epoch - 1) * steps_per_epoch):.2f} s/step, "
+                    f"ETA {_eta(run_start, step, total_steps)})")
         train_loss = float(np.mean([_to_host(x) for x in losses]))
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"{tag}: training loss is {train_loss} in epoch {epoch}; "
@@ -239,10 +248,11 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
         seconds = time.perf_counter() - epoch_start
         history.append({"epoch": epoch, "train_loss": train_loss, "dev": dev_metrics, "score": score,
                         "train_seconds": train_seconds, "seconds": seconds})
-        shown = "  ".join(f"{split}:" + ",".join(f"{m}={v:.4f}" for m, v in ms.items())
-                          for split, ms in dev_metrics.items())
-        log(f"[glue] {tag} epoch {epoch}/{epochs}: train loss {train_loss:.4f}  dev {shown}  "
-            f"({train_seconds:.1f} s train, {seconds:.1f} s total)")
+        shown = "  ".join(f"{split} " + ",".join(f"{m}={v:.4f}" for m, v in ms.items())
+                          for split, ms in dev_metrics.items())  # 'dev acc=...', 'dev_matched acc=...'
+        log(f"[glue] {tag} epoch {epoch}/{epochs}: train loss {train_loss:.4f}  {shown}  "
+            f"({train_seconds:.1f} s train, {seconds:.1f} s total"
+            + (f", ETA {_eta(run_start, step, total_steps)})" if epoch < epochs else ")"))
         sys.stdout.flush()
     return RunResult(model=model_label, task=spec.name, learning_rate=float(learning_rate), seed=int(seed),
                      train_rows=len(train), steps_per_epoch=steps_per_epoch, epochs=history,

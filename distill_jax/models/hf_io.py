@@ -449,7 +449,10 @@ def export_tensors(model: Encoder | SequenceClassifier) -> tuple[dict[str, np.nd
     cfg = encoder.cfg
     names = encoder_tensor_names(cfg.replace(with_mlm_head=encoder.has_mlm_head and kind == "mlm"))
     prefix = "" if kind == "base" else BASE_PREFIX[cfg.family]
-    if kind == "cls" and cfg.family != "bert":  # RobertaForSequenceClassification has no pooler
+    # No pooler where the architecture has none: RobertaForSequenceClassification, and every
+    # *ForMaskedLM (AutoModelForMaskedLM would report the tensors as UNEXPECTED; distillation never
+    # trains the pooler; a classifier loaded from the export draws a fresh one, as HF does).
+    if kind == "mlm" or (kind == "cls" and cfg.family != "bert"):
         names = [tn for tn in names if tn.part != "pooler"]
     tensors = {}
     for tn in names:
