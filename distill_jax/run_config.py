@@ -11,7 +11,8 @@ Fields split in two:
     `config.<UTC time>.json`).
 
 A field is operational when any component of its dotted path is in these lists (`data.cache_dir`,
-`eval.stsb_every`, ...). config.json is written by `write()` once the run has passed every check
+`eval.stsb_every`, ...). A field the stored config lacks (added to the code since) counts only when
+the new run sets it away from configs/common.py's default. config.json is written by `write()` once the run has passed every check
 (the trainer calls it right before the first step), atomically, so a run that fails at start-up
 never relabels the workdir.
 """
@@ -62,13 +63,31 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _defaults() -> dict[str, Any]:
+    """The flat defaults of configs/common.base_config (every field the trainer reads), or {}
+    when the recipes are not importable (a library caller)."""
+    for module in ("configs.common", "distill_jax.configs.common"):
+        try:
+            import importlib
+
+            return _flatten(_normal(importlib.import_module(module).base_config().to_dict()))
+        except Exception:  # noqa: BLE001 - no recipes here: compare everything
+            continue
+    return {}
+
+
 def differing_fields(stored: Mapping, new: Mapping,
                      operational: tuple[str, ...] = RESUME_OPERATIONAL_FIELDS) -> list[str]:
-    """Dotted paths whose values differ between two config dicts, operational fields left out."""
-    a, b = _flatten(stored), _flatten(_normal(new.to_dict() if hasattr(new, "to_dict") else new))
+    """Dotted paths whose values differ between two config dicts, operational fields left out. A
+    field the stored config lacks (added to the code since that run) counts only when the new run
+    sets it away from its default: the old run ran with that default."""
+    a, b = _flatten(_normal(stored)), _flatten(_normal(new.to_dict() if hasattr(new, "to_dict") else new))
+    defaults = _defaults()
     out = []
     for name in sorted(set(a) | set(b)):
         if any(part in operational for part in name.split(".")):
+            continue
+        if name not in a and name in defaults and b.get(name) == defaults[name]:
             continue
         if a.get(name, "<absent>") != b.get(name, "<absent>"):
             out.append(name)

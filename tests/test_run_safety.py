@@ -197,6 +197,19 @@ def test_a_resume_that_changes_what_checkpoints_mean_is_refused(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 3
 
 
+def test_a_field_added_to_the_code_since_the_stored_run_counts_only_when_set(tmp_path):
+    from configs import common
+    from distill_jax import run_config
+
+    stored = common.base_config().to_dict()
+    del stored["student"]["remat"]  # as a config.json written before the field existed
+    assert run_config.differing_fields(stored, common.base_config()) == []
+    changed = common.base_config()
+    changed.student.hidden_dropout = 0.0
+    changed.objective.hs = dict(weight=1.0)  # a new objective term is never a default
+    assert run_config.differing_fields(stored, changed) == ["objective.hs.weight", "student.hidden_dropout"]
+
+
 def test_the_operational_field_list_has_one_owner():
     from distill_jax import run_config
     from studies import distill_methods
