@@ -150,3 +150,14 @@ def test_the_pytorch_not_found_warning_is_dropped_and_nothing_else(first_import)
     # Without the package's filter transformers really prints it (so the check below can fail);
     # importing the library alone (no CLI) drops it too.
     assert ("PyTorch was not found" in proc.stderr) is (not first_import), proc.stderr
+
+
+def test_the_recorded_command_is_the_one_to_type_again():
+    from distill_jax import commands
+
+    commands.record_command(["main.py", "--config=configs/quickstart.py:steps=10", "--workdir=runs/a b"])
+    assert commands.invocation() == "python main.py --config=configs/quickstart.py:steps=10 '--workdir=runs/a b'"
+    commands.record_command(["/venv/bin/distill-jax", "--config=quickstart", "--workdir=w"])
+    assert commands.invocation() == "distill-jax --config=quickstart --workdir=w"
+    commands._COMMAND = None  # a library call records nothing
+    assert commands.invocation() is None

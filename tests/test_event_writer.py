@@ -67,3 +67,21 @@ def test_a_dropping_writer_writes_nothing(tmp_path):
     writer.write_hparams({"a": 1})
     writer.close()
     assert writer.path is None and not list(tmp_path.iterdir())
+
+
+def test_a_gs_logdir_is_rewritten_whole_and_reads_back(tmp_path):
+    """gs:// objects cannot be appended to: the writer uploads the whole file (on flush, and at
+    most every remote_flush_s), and EventAccumulator reads the uploaded copy."""
+    from fake_gcs import fake_gcs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with fake_gcs(str(tmp_path / "root")) as root:
+        writer = EventWriter("gs://bucket/run/tensorboard", remote_flush_s=3600)
+        writer.write_scalars(1, {"loss": 2.0})
+        local = tmp_path / "root" / "bucket" / "run" / "tensorboard"
+        assert not list(local.glob("events.out.tfevents.*"))  # not yet uploaded
+        writer.write_scalars(2, {"loss": 1.0})
+        writer.close()
+    acc = EventAccumulator(str(local))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 2.0), (2, 1.0)]

@@ -153,3 +153,21 @@ def test_a_gs_export_is_copied_then_marked_complete(tmp_path):
         assert name == "gs://bucket/run/export"
     loaded, _, report = models.load_pretrained(written)
     assert not report.missing and not report.unexpected
+
+
+def test_the_documented_push_command_matches_the_installed_hf_cli():
+    """README's `hf upload <user>/<repo-name> <export>`: huggingface_hub's CLI takes REPO_ID then
+    LOCAL_PATH (checked offline against its own usage line; the upload itself needs the hub)."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = re.search(r"^hf upload (\S+) (\S+)", readme, re.MULTILINE)
+    assert documented and documented.group(1) == "<user>/<repo-name>"
+    assert documented.group(2).endswith("/export")
+    hf = shutil.which("hf") or str(Path(sys.executable).parent / "hf")  # the venv's own
+    usage = subprocess.run([hf, "upload", "--help"], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, HF_HUB_OFFLINE="1")).stdout
+    assert re.search(r"Usage: hf upload \[OPTIONS\] REPO_ID \[LOCAL_PATH\]", usage), usage[:300]
