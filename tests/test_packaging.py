@@ -39,8 +39,13 @@ def _normalise(requirement: str) -> str:
 def wheel(tmp_path_factory) -> Path:
     """`pip wheel --no-deps` of a copy of the checkout (the build writes build/ and *.egg-info)."""
     src = tmp_path_factory.mktemp("src") / "distill_jax"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", "workdir*"))
+    skip = shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__")
+
+    def ignore(directory, names):  # scratch workdirs only at the top (distill_jax/workdir_lock.py ships)
+        top = {n for n in names if n.startswith("workdir")} if Path(directory) == Path(REPO) else set()
+        return skip(directory, names) | top
+
+    shutil.copytree(REPO, src, ignore=ignore)
     out = tmp_path_factory.mktemp("dist")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
                            str(src)], capture_output=True, text=True, timeout=600)
