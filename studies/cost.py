@@ -179,8 +179,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    from distill_jax.commands import run_with_one_line_errors
+    run_with_one_line_errors(lambda: sys.exit(main()))
