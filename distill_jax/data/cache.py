@@ -93,14 +93,10 @@ def _listdir(directory: str) -> list[str]:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    """Atomic: whole or absent (local: temporary name + rename; gs://: one object write)."""
-    if is_remote(path):
-        _epath(path).write_bytes(data)
-        return
-    tmp = f"{path}.tmp-{_HOST}-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Atomic: whole or absent (distill_jax/atomic.py; its `.tmp-<host>-<pid>` names are the ones
+    remove_stale_temporaries knows)."""
+    from distill_jax.atomic import write_atomic  # etils is imported when a cache is written, not before
+    write_atomic(path, data)
 
 
 def _read_bytes(path: str) -> bytes:
