@@ -48,6 +48,7 @@ from distill_jax import commands
 from distill_jax import preemption as preemption_lib
 from distill_jax import metrics as metrics_lib
 from distill_jax import sharding, train_setup
+from distill_jax.evaluate import during_training  # config.eval: scores logged with the losses
 from distill_jax.atomic import write_atomic
 from distill_jax.train_setup import abstract_like as _abstract
 from distill_jax.workdir_lock import WorkdirLock
@@ -89,6 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     config = ml_collections.ConfigDict(config)  # never mutate the caller's config
     workdir = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
     train_setup.check_config(config, jax.process_count())
+    during_training.check(config)  # config.eval, before the compile (its files are read after it)
     # One writer per workdir (process 0 holds <workdir>/LOCK for the run's life), and a workdir
     # belongs to one config: both refused in one line before anything is written there.
     lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
@@ -196,7 +198,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     from distill_jax import data as data_lib
     tokenizer = data_lib.load_tokenizer(teacher_dir)
     data_lib.check_vocab(tokenizer, teacher_cfg.vocab_size)
-    from distill_jax.evaluate import during_training  # config.eval: scores logged with the losses ({} when off)
     periodic_eval = during_training.build(config, student_graphdef, teacher_dir)
     t0 = time.time()
     try:
