@@ -28,12 +28,17 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from distill_jax.losses.terms import READS, TERMS
+
 # How much of a model's deepest needed layer must run, in increasing order of work.
 LAYER_QKV = 1  # Q/K/V projections only (MiniLMv2, DirectMiniLM)
 LAYER_SCORES = 2  # plus Q K^T (attention scores/probs: MiniLM v1, TinyBERT attention)
 LAYER_FULL = 3  # the whole layer (hidden-state output)
 
-SUPPORTED_TERMS = ("od", "hs", "minilmv2", "minilm", "direct_minilm", "tinybert_attn")
+# The forward level each thing a term reads needs (losses/terms.py READS).
+_READ_LEVEL = {"mlm_logits": LAYER_FULL, "hidden_states": LAYER_FULL, "qkv": LAYER_QKV,
+               "attention_probs": LAYER_SCORES, "attention_scores": LAYER_SCORES}
+assert set(_READ_LEVEL) == set(READS)
 
 
 class EncoderShape(Protocol):
@@ -151,64 +156,83 @@ def distill_step_flops(teacher: EncoderShape, student: EncoderShape, batch_size:
                        mlm_positions: int = 0,
                        teacher_layer: int | None = None,
                        student_layer: int | None = None,
-                       num_relations: int = 3,
                        hs_pairs: Sequence[tuple[int, Sequence[int]]] | None = None,
                        hs_project: bool | None = None) -> StepFlops:
     """Matmul FLOPs of one distillation step on a global batch of [batch_size, seq_len].
 
-    terms: objective terms present, any of SUPPORTED_TERMS (a string for one).
-    mlm_positions: MLM positions per row (OD; the heads run only there).
-    teacher_layer / student_layer: layer of the MHA terms (None or -1 = last; 1-based otherwise).
-    num_relations: relation matrices of MiniLMv2 (Q-Q, K-K, V-V = 3) / MiniLM v1 (1 value relation,
-      the attention distribution comes from the forward's own scores).
-    hs_pairs: (student_layer, teacher_layers) pairs of HS / TinyBERT terms, 1-based with 0 the
-      embeddings (as losses.layer_map returns); default: every student layer to the last teacher.
-    hs_project: HS projection student->teacher width (default: when widths differ).
+    terms: objective terms present, names of distill_jax.losses.TERMS (a string for one); what
+      each reads and computes (layers, relations, projections) comes from that table.
+    mlm_positions: MLM positions per row (od / mlm; the heads run only there).
+    teacher_layer / student_layer: layer of the terms that read one layer of each model (None or
+      -1 = last; 1-based otherwise).
+    hs_pairs: (student_layer, teacher_layers) pairs of the terms that read a layer map, 1-based with
+      0 the embeddings (as losses.layer_map returns); default: every student layer to the last
+      teacher layer.
+    hs_project: learned per-pair projection student->teacher width (default: when widths differ).
     """
     _check_shape(teacher, "teacher")
     _check_shape(student, "student")
     terms = (terms,) if isinstance(terms, str) else tuple(terms)
-    unknown = [t for t in terms if t not in SUPPORTED_TERMS]
+    unknown = [t for t in terms if t not in TERMS]
     if unknown or not terms:
-        raise ValueError(f"objective terms {unknown or terms}: flops supports {SUPPORTED_TERMS}")
-    b, s = batch_size, seq_len
+        raise ValueError(f"objective terms {unknown or terms}: flops supports {tuple(TERMS)}")
+    one = [(_resolve_layer(student_layer, student.num_layers, "student_layer"),
+            [_resolve_layer(teacher_layer, teacher.num_layers, "teacher_layer")])]
+    mapped = list(hs_pairs) if hs_pairs is not None else [
+        (i, [teacher.num_layers]) for i in range(1, student.num_layers + 1)]
+    layer_pairs = {name: {"last": None, "one": one, "map": mapped}[TERMS[name].layers] for name in terms}
+    return _step_flops(teacher, student, batch_size, seq_len, layer_pairs, mlm_positions, hs_project)
+
+
+def _step_flops(teacher: EncoderShape, student: EncoderShape, b: int, s: int,
+                layer_pairs: dict[str, list | None], mlm_positions: int, hs_project: bool | None) -> StepFlops:
+    """distill_step_flops with each term's own (student_layer, teacher_layers) pairs (None: the
+    last layer of each model)."""
     ds, dt = student.hidden_size, teacher.hidden_size
     t_needs: dict[int, int] = {}
     s_needs: dict[int, int] = {}
     obj_teacher = obj_student = 0
-    heads_at = 0
-    pairs = list(hs_pairs) if hs_pairs is not None else [
-        (i, [teacher.num_layers]) for i in range(1, student.num_layers + 1)]
-    for term in terms:
-        if term == "od":
-            _need(t_needs, teacher.num_layers, LAYER_FULL)
-            _need(s_needs, student.num_layers, LAYER_FULL)
+    t_heads_at = s_heads_at = 0
+    for name, pairs in layer_pairs.items():
+        term = TERMS[name]
+        level = max(_READ_LEVEL[r] for r in term.reads)
+        pairs = [(student.num_layers, [teacher.num_layers])] if pairs is None else pairs
+        for s_layer, t_layers in pairs:
+            _need(s_needs, s_layer, level)
+            for t_layer in t_layers if term.reads_teacher else ():
+                _need(t_needs, t_layer, level)
+        if "mlm_logits" in term.reads:
             if mlm_positions <= 0:
-                raise ValueError("terms include 'od' but mlm_positions=0: pass the MLM positions per row")
-            heads_at = mlm_positions
-        elif term in ("minilmv2", "direct_minilm", "minilm"):
-            lt = _resolve_layer(teacher_layer, teacher.num_layers, "teacher_layer")
-            ls = _resolve_layer(student_layer, student.num_layers, "student_layer")
-            level = LAYER_SCORES if term == "minilm" else LAYER_QKV
-            _need(t_needs, lt, level)
-            _need(s_needs, ls, level)
-            if term == "direct_minilm":  # student Q/K/V projected to the teacher's width
-                obj_student += 3 * 2 * b * s * ds * dt
-            else:  # relation scores x x^T per relation, each side with its own width
-                obj_teacher += num_relations * 2 * b * s * s * dt
-                obj_student += num_relations * 2 * b * s * s * ds
-        elif term in ("hs", "tinybert_attn"):
-            level = LAYER_FULL if term == "hs" else LAYER_SCORES
-            for s_layer, t_layers in pairs:
-                _need(s_needs, s_layer, level)
-                for t_layer in t_layers:
-                    _need(t_needs, t_layer, level)
-            project = (ds != dt) if hs_project is None else hs_project
-            if term == "hs" and project:
-                obj_student += len(pairs) * 2 * b * s * ds * dt
-    teacher_fwd = _forward_from_needs(teacher, t_needs, b, s, heads_at)
-    student_fwd = _forward_from_needs(student, s_needs, b, s, heads_at)
+                raise ValueError(f"terms include {name!r} but mlm_positions=0: pass the MLM positions per row")
+            s_heads_at = mlm_positions
+            t_heads_at = mlm_positions if term.reads_teacher else t_heads_at
+        # relation scores x x^T per relation, each side with its own width
+        obj_teacher += term.relations * 2 * b * s * s * dt
+        obj_student += term.relations * 2 * b * s * s * ds
+        if term.projections == "qkv":  # student Q/K/V projected to the teacher's width
+            obj_student += 3 * 2 * b * s * ds * dt
+        elif term.projections == "per_pair" and ((ds != dt) if hs_project is None else hs_project):
+            obj_student += len(pairs) * 2 * b * s * ds * dt
+    teacher_fwd = _forward_from_needs(teacher, t_needs, b, s, t_heads_at)
+    student_fwd = _forward_from_needs(student, s_needs, b, s, s_heads_at)
     return StepFlops(teacher_forward=teacher_fwd, student_forward=student_fwd,
                      student_backward=2 * student_fwd,
                      objective_forward=obj_teacher + obj_student,
                      objective_backward=2 * obj_student)
+
+
+def objective_step_flops(objective: Any, teacher: EncoderShape, student: EncoderShape, batch_size: int,
+                         seq_len: int, mlm_predictions: int) -> StepFlops:
+    """Matmul FLOPs of one step of a built losses.Objective (each term at its own resolved layers
+    or layer map) on a global batch of [batch_size, seq_len] with `mlm_predictions` masked
+    positions per row (od with positions "all" puts the heads on every position)."""
+    _check_shape(teacher, "teacher")
+    _check_shape(student, "student")
+    layer_pairs = {}
+    for name, c in objective.config.items():
+        layers = TERMS[name].layers
+        layer_pairs[name] = (None if layers == "last" else [(c["student_layer"], [c["teacher_layer"]])]
+                             if layers == "one" else [(s, list(t)) for s, t in c["pairs"]])
+    od = objective.config.get("od")
+    positions = seq_len if od is not None and od["positions"] == "all" else mlm_predictions
+    return _step_flops(teacher, student, batch_size, seq_len, layer_pairs, int(positions), None)

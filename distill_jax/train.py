@@ -232,9 +232,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     first_batch = sharding.global_batch_from_local(next(data_iter), mesh)
 
     tokens_per_step = config.batch_size * config.data.seq_len
-    flops_per_step = setup.step_flops()
-    if flops_per_step is None:
-        log("FLOPs count unavailable for this objective; MFU not reported")
+    flops_per_step = setup.step_flops()  # every objective term has a FLOPs model (flops.py)
     peak, peak_source = metrics_lib.machine_peak_flops(config.peak_flops_per_device)
     if flops_per_step:
         log(f"{flops_per_step / 1e9:.1f} GFLOPs per step (teacher fwd + student fwd/bwd); peak "

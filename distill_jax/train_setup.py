@@ -259,9 +259,13 @@ class TrainSetup:
                 "student": f"explicit (student.attention_dropout={dropout:g})" if dropout > 0
                 else fused(self.student_cfg)}
 
-    def step_flops(self) -> float | None:
+    def step_flops(self) -> float:
         """Analytic matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective; flops.py)."""
-        return objective_flops(self.config, self.objective, self.teacher_cfg, self.student_cfg)
+        from distill_jax import flops
+
+        return float(flops.objective_step_flops(
+            self.objective, self.teacher_cfg, self.student_cfg, int(self.config.batch_size),
+            int(self.config.data.seq_len), int(self.config.data.mlm.max_predictions)).total)
 
 
 def teacher_encoder_config(config, teacher_hf: dict, *, source: str, with_mlm_head: bool,
@@ -436,37 +440,6 @@ def _float32_teacher(models, teacher_model, teacher_dir, teacher_cfg, teacher_pa
                          "(config.teacher.name=<a directory with model.safetensors>)")
     model, _, _ = models.load_pretrained(teacher_dir, dtype="float32", param_dtype="float32")
     return model
-
-
-def objective_flops(config, objective, teacher_cfg, student_cfg) -> float | None:
-    """Matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective), from flops.py; None
-    when an objective term has no FLOPs model (the report then leaves MFU out)."""
-    from distill_jax import flops
-
-    names = {"od": "od", "hs": "hs", "minilmv2": "minilmv2", "minilm": "minilm",
-             "direct_minilm": "direct_minilm", "tinybert_attention": "tinybert_attn"}
-    cfg = objective.config
-    terms = [names[t] for t in cfg if t in names]
-    if not terms:  # only the hard-label "mlm" term: the student forward/backward + head
-        terms = ["od"]
-    kwargs: dict[str, Any] = {}
-    mha = next((cfg[t] for t in ("minilmv2", "minilm", "direct_minilm") if t in cfg), None)
-    if mha is not None:
-        kwargs["teacher_layer"] = mha["teacher_layer"]
-        kwargs["student_layer"] = mha["student_layer"]
-        kwargs["num_relations"] = 3 if "minilmv2" in cfg else 1
-    pairs = (cfg.get("hs") or cfg.get("tinybert_attention") or {}).get("pairs")
-    if pairs is not None:
-        kwargs["hs_pairs"] = [(s, list(t) if isinstance(t, (list, tuple)) else [t]) for s, t in pairs]
-    if "od" in terms:
-        positions = config.data.seq_len if cfg.get("od", {}).get("positions") == "all" else \
-            config.data.mlm.max_predictions
-        kwargs["mlm_positions"] = int(positions)
-    try:
-        return float(flops.distill_step_flops(teacher_cfg, student_cfg, config.batch_size,
-                                              config.data.seq_len, terms=terms, **kwargs).total)
-    except ValueError:
-        return None
 
 
 def memory_bytes(compiled) -> dict[str, int] | None:

@@ -73,6 +73,7 @@ from distill_jax.losses import hs as hs_lib
 from distill_jax.losses import mha
 from distill_jax.losses import od as od_lib
 from distill_jax.losses.layer_maps import LayerMap, check_no_embeddings, layer_map
+from distill_jax.losses.terms import REQUIRED, TERM_OPTIONS, TERMS, terms_reading
 
 
 class ModelOutputs(NamedTuple):
@@ -96,23 +97,6 @@ class Dims:
     num_layers: int
     hidden_size: int
     num_heads: int
-
-
-# term -> {option: default}; "weight" is required everywhere.
-_REQUIRED = object()
-TERM_OPTIONS: dict[str, dict[str, Any]] = {
-    "od": {"weight": _REQUIRED, "temperature": 1.0, "positions": "mlm", "chunk_size": 16},
-    "mlm": {"weight": _REQUIRED},
-    "hs": {"weight": _REQUIRED, "map": "uniform_cons", "embeddings": False, "loss": "mse",
-           "projection": "per_layer", "one_to_many": "mean_target"},
-    "minilmv2": {"weight": _REQUIRED, "relation_heads": 48, "teacher_layer": -1, "student_layer": -1,
-                 "qq": 1.0, "kk": 1.0, "vv": 1.0, "heads_per_chunk": 0,
-                 "block_size": mha.RELATION_BLOCK_SIZE},
-    "minilm": {"weight": _REQUIRED, "teacher_layer": -1, "student_layer": -1, "attention": 1.0, "value": 1.0},
-    "direct_minilm": {"weight": _REQUIRED, "teacher_layer": -1, "student_layer": -1,
-                      "q": 1.0, "k": 1.0, "v": 1.0},
-    "tinybert_attention": {"weight": _REQUIRED, "map": "uniform"},
-}
 
 
 def _dims(dims: Any, who: str) -> Dims:
@@ -182,17 +166,18 @@ class Objective:
         self.student_dims = student
         self.teacher_dims = teacher
         self.weights = {name: opts["weight"] for name, opts in terms.items()}
-        self.needs_hidden_states = "hs" in terms
-        self.needs_qkv = any(t in terms for t in ("minilmv2", "minilm", "direct_minilm"))
-        self.needs_attention_probs = "minilm" in terms
-        self.needs_attention_scores = "tinybert_attention" in terms
+        # What the step must request, from what each term reads (terms.TERMS).
+        self.needs_hidden_states = bool(terms_reading("hidden_states", terms))
+        self.needs_qkv = bool(terms_reading("qkv", terms))
+        self.needs_attention_probs = bool(terms_reading("attention_probs", terms))
+        self.needs_attention_scores = bool(terms_reading("attention_scores", terms))
         self.needs_attentions = self.needs_attention_probs or self.needs_attention_scores
-        self.needs_mlm_head = "od" in terms or "mlm" in terms          # student MLM head
-        self.needs_teacher_mlm_head = "od" in terms
+        self.needs_mlm_head = bool(terms_reading("mlm_logits", terms))          # student MLM head
+        self.needs_teacher_mlm_head = any(TERMS[t].reads_teacher for t in terms_reading("mlm_logits", terms))
         self.needs_mlm_batch = "mlm" in terms or ("od" in terms and terms["od"]["positions"] == "mlm")
         # Terms whose trainable projections must be in aux_params (see init_params).
-        self._aux_terms = tuple(t for t in ("hs", "direct_minilm") if t in terms and (
-            t == "direct_minilm" or student.hidden_size != teacher.hidden_size))
+        self._aux_terms = tuple(t for t in terms if TERMS[t].projections == "qkv" or (
+            TERMS[t].projections == "per_pair" and student.hidden_size != teacher.hidden_size))
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -336,7 +321,7 @@ def build_objective(objective_cfg: Any, student_dims: Any, teacher_dims: Any) ->
             raise ValueError(f"{field}: unknown option(s) {', '.join(sorted(unknown))}; "
                              f"{name} takes {', '.join(TERM_OPTIONS[name])}")
         opts = {k: options.get(k, default) for k, default in TERM_OPTIONS[name].items()}
-        if opts["weight"] is _REQUIRED:
+        if opts["weight"] is REQUIRED:
             raise ValueError(f"{field}.weight is missing; give the term a weight (0 turns it off)")
         opts["weight"] = _number(opts["weight"], f"{field}.weight")
         if opts["weight"] == 0:
@@ -365,11 +350,11 @@ def _validate_term(name: str, opts: dict, field: str, student: Dims, teacher: Di
         _equal_heads(student, teacher, field, "compares attention head by head")
     elif name == "minilm":
         _equal_heads(student, teacher, field, "(MiniLM v1) compares attention distributions head by head")
-    if name in ("minilmv2", "minilm", "direct_minilm"):
+    if TERMS[name].layers == "one":
         opts["teacher_layer"] = _resolve_layer(opts["teacher_layer"], teacher.num_layers, f"{field}.teacher_layer")
         opts["student_layer"] = _resolve_layer(opts["student_layer"], student.num_layers, f"{field}.student_layer")
-        parts = {"minilmv2": ("qq", "kk", "vv"), "minilm": ("attention", "value"),
-                 "direct_minilm": ("q", "k", "v")}[name]
+    parts = TERMS[name].components
+    if parts:
         for part in parts:
             opts[part] = _number(opts[part], f"{field}.{part}")
         if not any(opts[p] for p in parts):
