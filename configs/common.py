@@ -14,6 +14,8 @@ import ml_collections
 # back to builtin data (or a clear error) when it is absent.
 SHARED_DATA_DIR = os.environ.get("DISTILL_JAX_SHARED_DATA") or os.path.normpath(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
+# GLUE in the glue_data layout (<dir>/CoLA/train.tsv, ...) there; GLUE_DIR overrides.
+GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(SHARED_DATA_DIR, "glue"))
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -138,7 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.stsb_every = 0         # >0: zero-shot STS-B Spearman x 100 every N steps (a multiple of log_every) and at the end; 0 = off
     c.eval.stsb_split = "dev"     # <glue_dir>/STS-B/<split>.tsv
-    c.eval.glue_dir = os.environ.get("GLUE_DIR", os.path.join(SHARED_DATA_DIR, "glue"))
+    c.eval.glue_dir = GLUE_DIR
     return c
 
 

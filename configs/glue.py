@@ -23,11 +23,8 @@ import os
 
 import ml_collections
 
-from configs.common import SHARED_DATA_DIR, parse_arg
-
-# glue_data layout next to the repository (see ../shared/data/PROVENANCE.md); GLUE_DIR overrides.
-_DEFAULT_GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(SHARED_DATA_DIR, "glue"))
-_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+from configs.common import GLUE_DIR, parse_arg
+from distill_jax.evaluate.tasks import TASKS
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -41,7 +38,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, task="", tasks="", model="", models="", labels="", refs=-1,
                   teacher="sentence-transformers/all-MiniLM-L6-v2", lrs="", seeds="", epochs=0, batch=0,
-                  max_len=0, max_train=0, cap="", epochs_per_task="", source="tsv", glue_dir=_DEFAULT_GLUE_DIR, out="",
+                  max_len=0, max_train=0, cap="", epochs_per_task="", source="tsv", glue_dir=GLUE_DIR, out="",
                   name="glue_results", runlocal=False, report_only=False)
     c = ml_collections.ConfigDict()
     c.mode = "glue"               # main.py dispatches to distill_jax.evaluate.run_from_config
@@ -64,22 +61,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Training-row caps (0 = all rows). A fixed random subset (subsample_seed) shared by every model
     # and seed, so CPU runs of the big tasks stay feasible; the table says when a task was capped.
     c.max_train_examples = a.max_train or (256 if a.runlocal else 0)
-    c.max_train_per_task = ml_collections.ConfigDict({t: 0 for t in _TASKS})
+    c.max_train_per_task = ml_collections.ConfigDict({t: 0 for t in TASKS})
     for item in a.cap.split("+"):
         if item:
             task, _, rows = item.partition(":")
-            if task not in _TASKS or not rows.isdigit():
+            if task not in TASKS or not rows.isdigit():
                 raise ValueError(f"config arg cap={a.cap!r}: use task:rows pairs joined by '+', e.g. sst2:4000")
             c.max_train_per_task[task] = int(rows)
     c.subsample_seed = 0
 
     # Per-task recipe overrides {task: {finetune field: value}}, as papers tune epochs per task
     # (small data sets such as RTE need more). Arg form: epochs_per_task=rte:4+cola:3.
-    c.finetune_per_task = ml_collections.ConfigDict({t: ml_collections.ConfigDict() for t in _TASKS})
+    c.finetune_per_task = ml_collections.ConfigDict({t: ml_collections.ConfigDict() for t in TASKS})
     for item in a.epochs_per_task.split("+"):
         if item:
             task, _, epochs = item.partition(":")
-            if task not in _TASKS or not epochs.isdigit():
+            if task not in TASKS or not epochs.isdigit():
                 raise ValueError(f"config arg epochs_per_task={a.epochs_per_task!r}: use task:epochs pairs joined "
                                  "by '+', e.g. rte:4")
             c.finetune_per_task[task].epochs = int(epochs)

@@ -15,34 +15,32 @@ compared in "How to Distill your BERT" (arXiv:2305.15032); the optimisation reci
 mha_l6_h384.py so that objectives are compared at equal cost.
 """
 
-from configs import common
+from configs import common, objectives
 from configs import mha_l6_h384
 
-MAPS = ("last", "uniform", "uniform_cons", "uniform_last", "identity")
+from distill_jax.losses.layer_maps import STRATEGIES
 
 
 def parse_map(spec: str):
     """A strategy name, or explicit "s:t+s:t" pairs -> [[s, t], ...]."""
-    if spec in MAPS:
+    if spec in STRATEGIES:
         return spec
     try:
         return [[int(a) for a in pair.split(":")] for pair in spec.split("+")]
     except ValueError:
-        raise ValueError(f"config arg map={spec!r}: use one of {', '.join(MAPS)} or pairs like "
+        raise ValueError(f"config arg map={spec!r}: use one of {', '.join(STRATEGIES)} or pairs like "
                          f"'1:2+2:4' (student:teacher)") from None
 
 
 def get_config(arg=None):
     args = common.parse_arg(arg, map="uniform_cons", runlocal=False, steps=0)
     c = mha_l6_h384.get_config()
-    c.objective = dict(hs=dict(
-        weight=1.0,
-        map=parse_map(args.map),
+    c.objective = objectives.hidden_states(
+        parse_map(args.map), loss="mse",
         embeddings=False,        # the embedding output is not matched (its width differs too)
-        loss="mse",
         projection="per_layer",  # one learned 384->768 projection per student layer
         one_to_many="mean_target",  # uniform_cons/uniform_last: the student matches the mean of its teacher layers
-    ))
+    )
     c.optim.learning_rate = 5e-4  # (ours) a little below MiniLMv2's: MSE targets are unbounded
     if args.runlocal:
         common.runlocal(c)

@@ -8,7 +8,7 @@ Args (comma-separated after ':'): steps=<n> to change the run length (default 20
 configs/quickstart.py:steps=50; `--config.total_steps=50` does the same (the warmup follows).
 """
 
-from configs import common
+from configs import common, objectives
 
 
 def get_config(arg=None):
@@ -25,10 +25,9 @@ def get_config(arg=None):
     c.student.intermediate_size = 1536
     c.student.init = "random"     # what MiniLMv2 does; the loss curve then shows real learning
 
-    # MiniLMv2 (arXiv:2012.15828): Q-Q, K-K, V-V relation KL between the teacher's last layer and
-    # the student's last layer; 48 relation heads as the paper uses for base-size teachers
+    # MiniLMv2 between the last layers, 48 relation heads as the paper uses for base-size teachers
     # (384 / 48 = 8 dims per relation head on both sides).
-    c.objective.minilmv2 = dict(weight=1.0, relation_heads=48, teacher_layer=-1, student_layer=-1)
+    c.objective = objectives.minilmv2()
 
     # The builtin corpus: English prose from CPython's own documentation/docstrings (see
     # distill_jax/data/builtin_corpus.py); all of it (503 documents on CPython 3.11) is 351 batches

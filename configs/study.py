@@ -37,50 +37,38 @@ import os
 
 import ml_collections
 
-from configs import common
+from configs import common, objectives
 from configs import glue as glue_config
-
-try:
-    from studies.distill_methods import REFERENCES  # the reference rows' names (the driver owns their meaning)
-except ImportError as exc:  # the wheel ships configs/ but not studies/
-    raise ImportError("configs/study.py runs from a checkout of the repository (studies/ is not part of the "
-                      "installed package)") from exc
+from distill_jax.evaluate.report import REFERENCES  # the reference rows' names (the driver gives their meaning)
 
 # The cost records and the trade-off chart (studies/cost.py): beside the per-shape report dirs.
 COST_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "study_cost"))
 
-# Reference rows: 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student shape at a
-# random init drawn with the study's seed (BERT init, as the trainer draws a student's): no
-# distillation. The other rows are the methods of _objectives().
+# Reference rows (REFERENCES): 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the
+# student shape at a random init drawn with the study's seed (BERT init, as the trainer draws a
+# student's): no distillation. The other rows are the methods of _objectives().
 
 
 def _objectives(preset: str) -> dict:
-    """The distillation objective of every method (distill_jax/losses/objective.py schema)."""
+    """The distillation objective of every method (configs/objectives.py)."""
     # MiniLMv2 for base-size teachers, whatever the student: 384/48 = 8, 192/48 = 4, 768/48 = 16
     # dims per relation head (see STUDENT_SHAPES)
     relation_heads = 48
     return {
-        # MiniLMv2 (arXiv:2012.15828): Q-Q, K-K, V-V relation KL, teacher's last layer.
-        "minilmv2_last": {"minilmv2": dict(weight=1.0, relation_heads=relation_heads, teacher_layer=-1,
-                                           student_layer=-1)},
+        "minilmv2_last": objectives.minilmv2(relation_heads, teacher_layer=-1),
         # The same from layer L_T - 1, the "upper-middle" layer the seed paper recommends.
-        "minilmv2_upper": {"minilmv2": dict(weight=1.0, relation_heads=relation_heads, teacher_layer=-2,
-                                            student_layer=-1)},
-        # MiniLM v1 (arXiv:2002.10957): attention distributions + value relations, last layers
-        # (needs equal head counts: 12 and 12).
-        "minilm_v1": {"minilm": dict(weight=1.0, teacher_layer=-1, student_layer=-1)},
-        # Hidden states, MSE, learned per-layer projections when widths differ (384 -> 768 on the
-        # pod, 192 -> 384 for the cpu 3x192 student; at equal widths, 384 = 384 for the cpu 3x384
-        # student, the identity: no parameters to learn).
-        "hs_last": {"hs": dict(weight=1.0, map="last", loss="mse")},
-        "hs_uniform": {"hs": dict(weight=1.0, map="uniform", loss="mse")},
-        "hs_uniform_cons": {"hs": dict(weight=1.0, map="uniform_cons", loss="mse")},
-        "hs_uniform_last": {"hs": dict(weight=1.0, map="uniform_last", loss="mse")},
-        # Output distribution, DistilBERT's loss (configs/od_l6_h384.py): 5 x T^2-scaled KL at
-        # T = 2 between the MLM distributions at the masked positions, plus the hard-label MLM
-        # cross-entropy (weight 2). The teacher's MLM head: its own (pod) or fitted (cpu).
-        "od": {"od": dict(weight=5.0, temperature=2.0, positions="mlm", chunk_size=32),
-               "mlm": dict(weight=2.0)},
+        "minilmv2_upper": objectives.minilmv2(relation_heads, teacher_layer=-2),
+        # Last layers (needs equal head counts: 12 and 12).
+        "minilm_v1": objectives.minilm_v1(),
+        # Learned per-layer projections when widths differ (384 -> 768 on the pod, 192 -> 384 for
+        # the cpu 3x192 student; at equal widths, 384 = 384 for the cpu 3x384 student, the
+        # identity: no parameters to learn).
+        "hs_last": objectives.hidden_states("last", loss="mse"),
+        "hs_uniform": objectives.hidden_states("uniform", loss="mse"),
+        "hs_uniform_cons": objectives.hidden_states("uniform_cons", loss="mse"),
+        "hs_uniform_last": objectives.hidden_states("uniform_last", loss="mse"),
+        # The teacher's MLM head: its own (pod) or fitted (cpu).
+        "od": objectives.distilbert_od(temperature=2.0),
     }
 
 

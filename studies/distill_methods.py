@@ -36,9 +36,9 @@ from typing import Any
 import jax
 import ml_collections
 
+from distill_jax.evaluate.report import REFERENCES
 from distill_jax.run_config import OPERATIONAL_FIELDS
 
-REFERENCES = ("teacher", "none")
 TABLE_NAME = "study_results"
 
 

@@ -6,10 +6,22 @@
 Modules: tasks (the task table: columns, label order, metrics), metrics (numpy), data (TSV / HF /
 TFDS readers), encode (tokenization, per-batch padding), model_io (model dirs, random-init
 references), finetune (jitted sharded steps, one run), report (summaries, table, chart), run (driver).
+
+The names below load on first use, so that `distill_jax.evaluate.tasks` (the task ids the GLUE
+recipe reads) imports without JAX.
 """
 
-from distill_jax.evaluate import metrics
-from distill_jax.evaluate.run import run_from_config
-from distill_jax.evaluate.tasks import TASKS, TaskSpec, get_task
+import importlib
+
+_EXPORTS = {"run_from_config": "distill_jax.evaluate.run", "TASKS": "distill_jax.evaluate.tasks",
+            "TaskSpec": "distill_jax.evaluate.tasks", "get_task": "distill_jax.evaluate.tasks"}
 
 __all__ = ["run_from_config", "metrics", "TASKS", "TaskSpec", "get_task"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name == "metrics":
+        return importlib.import_module("distill_jax.evaluate.metrics")
+    raise AttributeError(f"module 'distill_jax.evaluate' has no attribute {name!r}")

@@ -18,6 +18,11 @@ import numpy as np
 from distill_jax.evaluate import metrics as metrics_lib
 from distill_jax.evaluate.tasks import TaskSpec, get_task, task_score
 
+# The reference rows a distillation comparison (the study's table, configs/study.py) puts beside
+# the distilled students: 'teacher' fine-tunes the teacher itself; 'none' fine-tunes the student's
+# shape at a random init (no distillation). The study driver (studies/) gives them their meaning.
+REFERENCES = ("teacher", "none")
+
 
 def summarise_runs(runs: list[dict]) -> dict:
     """Summary of all runs of one (model, task); `runs` are RunResult.to_json() dicts.
