@@ -48,6 +48,7 @@ def parse_arg(arg: str | None, **defaults):
 
 def base_config() -> ml_collections.ConfigDict:
     """Every field the trainer reads, with defaults; recipes override what they need."""
+    from distill_jax import optim
     from distill_jax.data.config import default_data_config
 
     c = ml_collections.ConfigDict()
@@ -92,15 +93,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.microbatches = 1            # gradient accumulation inside one step; batch_size % microbatches == 0
     c.total_steps = 100_000
 
-    c.optim = ml_collections.ConfigDict()
+    # AdamW (b1, b2, eps, weight_decay, grad_clip_norm; BERT's defaults): the schema GLUE
+    # fine-tuning shares (distill_jax/optim.py AdamW), plus the schedule.
+    c.optim = optim.adamw_config()
     c.optim.learning_rate = 5e-4  # peak, reached after warmup
     c.optim.warmup_steps = 4000
     c.optim.end_learning_rate = 0.0  # linear decay to this at total_steps
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-6            # BERT's AdamW epsilon
-    c.optim.weight_decay = 0.01   # not applied to biases and LayerNorm (rank-1 params)
-    c.optim.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
 
     # Mesh axes: data (pure DP), fsdp (batch + params sharded), tensor (heads/MLP/vocab). -1 = the rest.
     c.mesh = ml_collections.ConfigDict()

@@ -24,6 +24,8 @@ import os
 import ml_collections
 
 from configs.common import GLUE_DIR, parse_arg
+from distill_jax import optim
+from distill_jax.evaluate.recipe import LEGACY_OPTIM_NAMES
 from distill_jax.evaluate.tasks import TASKS
 
 
@@ -92,12 +94,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.max_len = a.max_len or (64 if a.runlocal else 128)  # tokens after the family's pair template, longest_first
     c.finetune.pad_multiple = 16                 # pad batches to a multiple of this: few compiled shapes
     c.finetune.group_by_length = True            # similar lengths share a batch: less padding compute
-    c.finetune.warmup_ratio = 0.1                # fraction of all steps spent warming up
-    c.finetune.weight_decay = 0.01               # not on biases / LayerNorm (distill_jax.optim)
-    c.finetune.adam_b1 = 0.9
-    c.finetune.adam_b2 = 0.999
-    c.finetune.adam_eps = 1e-6                   # BERT's
-    c.finetune.grad_clip_norm = 1.0
+    c.finetune.warmup_ratio = 0.1                # fraction of all steps spent warming up, then linear decay to 0
+    # AdamW (b1, b2, eps, weight_decay, grad_clip_norm; BERT's defaults): the schema of the
+    # distillation's config.optim (distill_jax/optim.py AdamW); the peak lr is the grid's.
+    c.finetune.optim = optim.adamw_config()
+    # The names these fields had before, still accepted (--config.finetune.adam_b1=0.98): each is a
+    # reference to the shared field, so both names hold one value.
+    for old, new in LEGACY_OPTIM_NAMES.items():
+        c.finetune[old] = c.finetune.optim.get_ref(new)
     c.finetune.log_every_steps = 4 if a.runlocal else 50  # console line with loss and s/step; 0 = per epoch only
 
     c.dtype = "float32"           # compute dtype ('bfloat16' on TPU/GPU)

@@ -138,6 +138,35 @@ def test_main_loads_configs_with_overrides_like_the_command_line():
     assert c.teacher.name == "/local/bert" and c.batch_size == 8
 
 
+def test_finetuning_shares_the_distillation_adamw_schema_and_its_old_names_still_set_it():
+    """config.finetune.optim holds exactly distill_jax.optim.AdamW's fields, as config.optim does;
+    the old command-line names (--config.finetune.adam_b1=...) set the same value; a run's
+    fingerprint keeps the names its records were written with."""
+    import dataclasses
+
+    from absl import flags
+
+    from distill_jax.evaluate import run as glue_run
+    from distill_jax.optim import AdamW
+
+    names = {f.name for f in dataclasses.fields(AdamW)}
+    assert set(load("glue").finetune.optim) == names <= set(common.base_config().optim)
+    argv = ["prog", "--config=configs/glue.py:task=rte", "--config.finetune.adam_b1=0.8",
+            "--config.finetune.weight_decay=0.05", "--config.finetune.optim.eps=1e-8"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+    fv(argv)
+    recipe = glue_run.task_recipe(fv.config, "rte")
+    assert recipe.optim == AdamW(b1=0.8, b2=0.999, eps=1e-8, weight_decay=0.05, grad_clip_norm=1.0)
+    assert recipe.identity() == {"epochs": 3, "batch_size": 32, "max_len": 128, "pad_multiple": 16,
+                                 "group_by_length": True, "warmup_ratio": 0.1, "weight_decay": 0.05,
+                                 "adam_b1": 0.8, "adam_b2": 0.999, "adam_eps": 1e-8, "grad_clip_norm": 1.0}
+    with pytest.raises(ValueError, match=r"^config\.finetune\.optim\.b2=1\.0 is out of range"):
+        bad = load("glue")
+        bad.finetune.optim.b2 = 1.0
+        glue_run.task_recipe(bad, "rte")
+
+
 def test_quickstart_is_offline_and_cpu_sized():
     c = load("quickstart")
     from distill_jax.models import resolve_model_dir

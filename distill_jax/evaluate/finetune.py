@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -29,21 +28,17 @@ from jax.sharding import Mesh
 
 from distill_jax import sharding as shd
 from distill_jax.evaluate import encode, metrics
+from distill_jax.evaluate.recipe import FinetuneRecipe
 from distill_jax.evaluate.tasks import TaskSpec, task_score
 
 
-def build_optimizer(recipe, total_steps: int) -> optax.GradientTransformation:
-    """AdamW (unit peak lr), warmup then linear decay to 0, global-norm clipping, no decay on
-    LayerNorm/bias: `distill_jax.optim.make_optimizer`. Multiply its updates by the peak lr."""
+def build_optimizer(recipe: FinetuneRecipe, total_steps: int) -> optax.GradientTransformation:
+    """recipe.optim's AdamW (distill_jax.optim, as the distillation's) at a unit peak lr, warmup
+    then linear decay to 0. Multiply its updates by the peak lr."""
     from distill_jax import optim
 
-    warmup_steps = int(round(float(recipe.warmup_ratio) * total_steps))
-    optim_cfg = ml_collections.ConfigDict(dict(
-        learning_rate=1.0, warmup_steps=warmup_steps, end_learning_rate=0.0,
-        b1=float(recipe.adam_b1), b2=float(recipe.adam_b2), eps=float(recipe.adam_eps),
-        weight_decay=float(recipe.weight_decay), grad_clip_norm=float(recipe.grad_clip_norm)))
-    tx, _ = optim.make_optimizer(optim_cfg, total_steps)
-    return tx
+    warmup_steps = int(round(recipe.warmup_ratio * total_steps))
+    return optim.adamw(recipe.optim, optim.learning_rate_schedule(1.0, warmup_steps, total_steps))
 
 
 def loss_per_example(outputs_bk: jax.Array, labels_b: jax.Array, regression: bool) -> jax.Array:
@@ -65,7 +60,7 @@ class StepFunctions:
     mesh: Mesh
 
 
-def make_step_functions(model: nnx.Module, forward: Callable, regression: bool, recipe,
+def make_step_functions(model: nnx.Module, forward: Callable, regression: bool, recipe: FinetuneRecipe,
                         total_steps: int, mesh: Mesh, param_shardings: Any) -> StepFunctions:
     """Builds jitted steps for models with `model`'s graph.
 
@@ -132,12 +127,11 @@ def predict(steps: StepFunctions, params, split: encode.EncodedSplit, batch_size
 
 
 def evaluate_splits(steps: StepFunctions, params, spec: TaskSpec, dev: dict[str, encode.EncodedSplit],
-                    recipe) -> dict[str, dict[str, float]]:
+                    recipe: FinetuneRecipe) -> dict[str, dict[str, float]]:
     """{dev split: {metric: value}} for each dev split of the task."""
     result = {}
     for name, split in dev.items():
-        outputs = predict(steps, params, split, int(recipe.eval_batch_size), int(recipe.max_len),
-                          int(recipe.pad_multiple))
+        outputs = predict(steps, params, split, recipe.eval_batch_size, recipe.max_len, recipe.pad_multiple)
         result[name] = metrics.compute_metrics(spec.metrics, outputs, split.labels, spec.is_regression)
     return result
 
@@ -184,21 +178,21 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
     steps_cache: dict shared between calls whose models have the same graph; cache_key must then
     identify that graph (None: calls sharing a cache must use one architecture).
 
-    recipe fields: epochs, batch_size, eval_batch_size, max_len, pad_multiple, group_by_length,
-    warmup_ratio, weight_decay, adam_b1/b2/eps, grad_clip_norm, log_every_steps.
+    recipe: a FinetuneRecipe, or the config.finetune block it is read from (recipe.py).
     """
     from distill_jax.evaluate.model_io import param_shardings_for
 
-    batch_size = int(recipe.batch_size)
+    recipe = FinetuneRecipe.from_config(recipe)
+    batch_size = recipe.batch_size
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     for field in ("batch_size", "eval_batch_size"):
-        if int(recipe[field]) % data_parallel or int(recipe[field]) % jax.process_count():
-            raise ValueError(f"config.{field}={recipe[field]} must be divisible by the mesh's batch "
+        if getattr(recipe, field) % data_parallel or getattr(recipe, field) % jax.process_count():
+            raise ValueError(f"config.{field}={getattr(recipe, field)} must be divisible by the mesh's batch "
                              f"axes data*fsdp={data_parallel} and by the process count")
     steps_per_epoch = len(train) // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{spec.name}: {len(train)} training rows < config.batch_size={batch_size}")
-    epochs = int(recipe.epochs)
+    epochs = recipe.epochs
     total_steps = steps_per_epoch * epochs
 
     model = make_model(seed)
@@ -222,12 +216,12 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
     run_start = time.perf_counter()
     step = 0
     tag = f"{model_label} {spec.name} lr={learning_rate:g} seed={seed}"
-    log_every = int(recipe.get("log_every_steps", 0))
+    log_every = recipe.log_every_steps
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
         losses = []
-        for batch in encode.train_batches(train, batch_size, int(recipe.max_len), int(recipe.pad_multiple),
-                                          data_rng, bool(recipe.group_by_length)):
+        for batch in encode.train_batches(train, batch_size, recipe.max_len, recipe.pad_multiple,
+                                          data_rng, recipe.group_by_length):
             dropout_rng = jax.random.fold_in(base_rng, step)
             params, opt_state, loss = steps.train_step(params, opt_state, _device_batch(batch, mesh),
                                                        peak_lr, dropout_rng)

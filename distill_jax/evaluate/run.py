@@ -7,6 +7,7 @@ a later call with the same recipe reuses it, so a killed comparison resumes wher
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -14,16 +15,12 @@ import re
 import sys
 
 import jax
-import ml_collections
 
 from distill_jax import sharding as shd
 from distill_jax.evaluate import data as data_lib
 from distill_jax.evaluate import encode, finetune, model_io, report
+from distill_jax.evaluate.recipe import FinetuneRecipe
 from distill_jax.evaluate.tasks import get_task
-
-# Recipe fields that change a run's result; they fingerprint a saved run for reuse.
-_RECIPE_FIELDS = ("epochs", "batch_size", "max_len", "pad_multiple", "group_by_length", "warmup_ratio",
-                  "weight_decay", "adam_b1", "adam_b2", "adam_eps", "grad_clip_norm")
 
 
 def split_list(value) -> list[str]:
@@ -83,22 +80,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:80]
 
 
-def task_recipe(config, task: str):
-    """config.finetune with the task's overrides from config.finetune_per_task applied."""
-    recipe = ml_collections.ConfigDict(config.finetune.to_dict())
+def task_recipe(config, task: str) -> FinetuneRecipe:
+    """config.finetune with the task's overrides from config.finetune_per_task applied, read once."""
+    recipe = copy.deepcopy(config.finetune)  # deep: the legacy names stay references to recipe.optim's fields
     overrides = (config.get("finetune_per_task") or {}).get(task) or {}
     for field, value in dict(overrides).items():
         if field not in recipe:
             raise ValueError(f"config.finetune_per_task.{task}.{field}: no such finetune field; use one of "
                              f"{', '.join(sorted(recipe))}")
         recipe[field] = value
-    return recipe
+    return FinetuneRecipe.from_config(recipe)
 
 
 def fingerprint(config, model_key: str, task: str, train_rows: int, lr: float, seed: int) -> str:
     """16 hex digits identifying one run: model (its spec, or any key the caller chooses), task,
     recipe, training rows, lr, seed, data source. A saved run is reused only when it matches."""
-    recipe = {k: task_recipe(config, task)[k] for k in _RECIPE_FIELDS}
+    recipe = task_recipe(config, task).identity()
     key = json.dumps({"recipe": recipe, "model": model_key, "task": task, "train_rows": train_rows,
                       "lr": lr, "seed": seed, "source": config.data.source,
                       "subsample_seed": config.subsample_seed}, sort_keys=True, default=str)
@@ -149,11 +146,11 @@ def _mesh(config):
 
 
 def _recipe_notes(config, task_names, train_info, source_desc) -> str:
-    ft = config.finetune
+    ft = FinetuneRecipe.from_config(config.finetune)
     lines = [f"Dev-set scores in percent: median over seeds {list(config.seeds)} of each run's best epoch, at the "
              f"learning rate (of {list(config.learning_rates)}) with the best median; (min–max) over seeds when "
-             f"there are several. Recipe: AdamW (wd {ft.weight_decay}, no decay on LayerNorm/bias), linear warmup "
-             f"{ft.warmup_ratio:.0%} then linear decay, clip {ft.grad_clip_norm}, {ft.epochs} epochs, batch "
+             f"there are several. Recipe: AdamW (wd {ft.optim.weight_decay}, no decay on LayerNorm/bias), linear warmup "
+             f"{ft.warmup_ratio:.0%} then linear decay, clip {ft.optim.grad_clip_norm}, {ft.epochs} epochs, batch "
              f"{ft.batch_size}, max length {ft.max_len}. Data: {source_desc}.", ""]
     for task in task_names:
         used, total = train_info[task]
@@ -261,8 +258,8 @@ def run_from_config(config, workdir: str) -> dict:
                    "tfds": "tensorflow-datasets glue/*"}.get(config.data.source, config.data.source)
     notes = _recipe_notes(config, task_names, train_info, source_desc)
     payload = {
-        "recipe": config.finetune.to_dict(),
-        "recipe_per_task": {t: task_recipe(config, t).to_dict() for t in task_names}, "learning_rates": list(config.learning_rates),
+        "recipe": FinetuneRecipe.from_config(config.finetune).as_dict(),
+        "recipe_per_task": {t: task_recipe(config, t).as_dict() for t in task_names}, "learning_rates": list(config.learning_rates),
         "seeds": list(config.seeds), "tasks": task_names, "data_source": source_desc,
         "train_rows": {t: {"used": train_info[t][0], "total": train_info[t][1]} for t in task_names},
         "models": [{"label": m.label, "spec": m.spec, "random_init": m.random_init, "shape": m.shape}
