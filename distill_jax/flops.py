@@ -221,18 +221,21 @@ def _step_flops(teacher: EncoderShape, student: EncoderShape, b: int, s: int,
                      objective_backward=2 * obj_student)
 
 
-def objective_step_flops(objective: Any, teacher: EncoderShape, student: EncoderShape, batch_size: int,
-                         seq_len: int, mlm_predictions: int) -> StepFlops:
-    """Matmul FLOPs of one step of a built losses.Objective (each term at its own resolved layers
-    or layer map) on a global batch of [batch_size, seq_len] with `mlm_predictions` masked
-    positions per row (od with positions "all" puts the heads on every position)."""
-    _check_shape(teacher, "teacher")
-    _check_shape(student, "student")
+def objective_flops(config, objective: Any, teacher_cfg: EncoderShape, student_cfg: EncoderShape) -> float:
+    """Matmul FLOPs of one step of a built objective (losses.Objective; each term at its own
+    resolved layers or layer map) on config's global batch: config.batch_size rows of
+    config.data.seq_len tokens, config.data.mlm.max_predictions masked positions per row (od with
+    positions "all" puts the heads on every position). TrainSetup.step_flops() calls it: the
+    trainer's MFU and the TPU plan's step-time floor."""
+    _check_shape(teacher_cfg, "teacher")
+    _check_shape(student_cfg, "student")
+    seq_len = int(config.data.seq_len)
     layer_pairs = {}
     for name, c in objective.config.items():
         layers = TERMS[name].layers
         layer_pairs[name] = (None if layers == "last" else [(c["student_layer"], [c["teacher_layer"]])]
                              if layers == "one" else [(s, list(t)) for s, t in c["pairs"]])
     od = objective.config.get("od")
-    positions = seq_len if od is not None and od["positions"] == "all" else mlm_predictions
-    return _step_flops(teacher, student, batch_size, seq_len, layer_pairs, int(positions), None)
+    positions = seq_len if od is not None and od["positions"] == "all" else int(config.data.mlm.max_predictions)
+    return float(_step_flops(teacher_cfg, student_cfg, int(config.batch_size), seq_len, layer_pairs, positions,
+                             None).total)

@@ -261,11 +261,9 @@ class TrainSetup:
 
     def step_flops(self) -> float:
         """Analytic matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective; flops.py)."""
-        from distill_jax import flops
+        from distill_jax.flops import objective_flops
 
-        return float(flops.objective_step_flops(
-            self.objective, self.teacher_cfg, self.student_cfg, int(self.config.batch_size),
-            int(self.config.data.seq_len), int(self.config.data.mlm.max_predictions)).total)
+        return objective_flops(self.config, self.objective, self.teacher_cfg, self.student_cfg)
 
 
 def teacher_encoder_config(config, teacher_hf: dict, *, source: str, with_mlm_head: bool,

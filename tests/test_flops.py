@@ -60,13 +60,16 @@ def test_distill_step_hand_count_per_objective():
 
 
 def test_a_built_objective_counts_each_term_at_its_own_layers():
-    """objective_step_flops reads each term's resolved layers / map from the built objective and what
+    """objective_flops reads each term's resolved layers / map from the built objective and what
     the term reads from losses.TERMS; hand count of the same work."""
+    import ml_collections
+
     from distill_jax.losses import build_objective
 
     teacher = Shape(4, 16, 2, 32, 50)
     student = TINY
     b, s = 2, 4
+    config = ml_collections.ConfigDict(dict(batch_size=b, data=dict(seq_len=s, mlm=dict(max_predictions=3))))
     t_layer, s_layer = flops.layer_flops(b, s, 16, 32), flops.layer_flops(b, s, 8, 16)
     t_qkv, s_qkv = 3 * 2 * 8 * 16 * 16, 3 * 2 * 8 * 8 * 8
     # MiniLMv2 at teacher layer 3 (-2) and HS on student 1 -> teacher 4: the teacher runs 4 full
@@ -76,12 +79,12 @@ def test_a_built_objective_counts_each_term_at_its_own_layers():
     rel_t, rel_s = 3 * 2 * b * s * s * 16, 3 * 2 * b * s * s * 8
     proj = 2 * b * s * 8 * 16
     s_fwd = s_layer + s_qkv
-    assert flops.objective_step_flops(objective, teacher, student, b, s, 3).total == (
+    assert flops.objective_flops(config, objective, teacher, student) == (
         4 * t_layer + 3 * s_fwd + rel_t + 3 * (rel_s + proj))
     # The hard-label MLM term alone reads the student and its head only: no teacher forward.
     mlm = build_objective({"mlm": {"weight": 1.0}}, student, teacher)
     head_s = 2 * b * 3 * (8 * 8 + 8 * 50)
-    assert flops.objective_step_flops(mlm, teacher, student, b, s, 3).total == 3 * (2 * s_layer + head_s)
+    assert flops.objective_flops(config, mlm, teacher, student) == 3 * (2 * s_layer + head_s)
 
 
 def test_bad_requests_raise_naming_the_field():
