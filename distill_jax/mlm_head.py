@@ -151,6 +151,7 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from distill_jax import checkpoint as ckpt_lib
     from distill_jax import data as data_lib
     from distill_jax import models, optim
+    from distill_jax.models.hf_io import resolve_model
 
     config = ml_collections.ConfigDict(config)
     workdir = os.path.abspath(workdir)
@@ -160,10 +161,7 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log(f"already fitted: {record_path} (delete the workdir to fit again)")
         return done
     check_config(config)
-    try:
-        teacher_dir = str(models.resolve_model_dir(config.teacher.name))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"config.teacher.name={config.teacher.name!r}: {exc}") from None
+    teacher_dir = str(resolve_model(config.teacher.name).model_dir)
     data_lib.validate_data_config(config.data)
     data_lib.validate_data_config(config.eval_data)
     t_start, cpu_start = time.time(), time.process_time()

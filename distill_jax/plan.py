@@ -204,26 +204,12 @@ def usable_hbm_bytes(device) -> int | None:
 # ----------------------------------------------------------------------------------------------
 
 def teacher_config_json(name: str) -> tuple[dict, str]:
-    """(config.json dict, where it came from) for config.teacher.name: a local directory's
-    config.json, the shapes shipped for known hub ids, or the locally resolvable model (offline
-    teacher package, HF cache). Never reads weights."""
-    from distill_jax import models
-    from distill_jax.models.hf_io import known_hub_config, read_hf_config
+    """(config.json dict, where it came from) for config.teacher.name, shapes only
+    (models.hf_io.resolve_model): never reads or downloads weights."""
+    from distill_jax.models.hf_io import resolve_model
 
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return read_hf_config(path), str(path / "config.json")
-    known = known_hub_config(name)
-    if known is not None:
-        return known, f"distill_jax/models/hub_configs/{name.split('/')[-1]}.json (the hub config.json's shapes)"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never downloads weights
-    try:
-        model_dir = models.resolve_model_dir(name)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"config.teacher.name={name!r}: no local config.json and no shipped shapes for it; "
-            f"pass --config.teacher.name=/dir/with/config.json (the weights are not needed)") from None
-    return read_hf_config(model_dir), str(model_dir / "config.json")
+    teacher = resolve_model(name, shapes_only=True)
+    return teacher.hf_config, teacher.source
 
 
 # ----------------------------------------------------------------------------------------------

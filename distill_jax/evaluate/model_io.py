@@ -6,7 +6,6 @@ tokenizer as <dir> (the reference row every comparison needs: what "learned noth
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -78,14 +77,6 @@ def _default_label(name: str, random_init: bool, cfg) -> str:
     return base
 
 
-def _read_hf_config(model_dir: str) -> dict:
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: a model directory needs an HF config.json")
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_glue_model(spec: str, *, dtype: str = "float32", param_dtype: str = "float32",
                     label: str | None = None) -> GlueModel:
     """Resolves and loads `spec` (a directory, a known hub id, or 'random:<dir or id>').
@@ -94,13 +85,14 @@ def load_glue_model(spec: str, *, dtype: str = "float32", param_dtype: str = "fl
     directory, its config or its tokenizer is missing.
     """
     from distill_jax.models import EncoderConfig, load_pretrained, resolve_model_dir
+    from distill_jax.models.hf_io import read_hf_config
 
     random_init, name = split_spec(spec)
     if not name:
         raise ValueError(f"model spec {spec!r} names no directory: use '<dir>' or 'random:<dir>'")
     model_dir = str(resolve_model_dir(name))
     if random_init:
-        hf = _read_hf_config(model_dir)
+        hf = read_hf_config(model_dir)
         # Built exactly as load_pretrained builds it, so the config (and the compiled steps) match
         # the checkpoint's own.
         cfg = EncoderConfig.from_hf_dict(hf, source=os.path.join(model_dir, "config.json"), dtype=dtype,

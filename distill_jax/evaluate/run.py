@@ -17,6 +17,7 @@ import sys
 import jax
 
 from distill_jax import sharding as shd
+from distill_jax.data.tokenization import load_tokenizer
 from distill_jax.evaluate import data as data_lib
 from distill_jax.evaluate import encode, finetune, model_io, report
 from distill_jax.evaluate.recipe import FinetuneRecipe
@@ -212,7 +213,7 @@ def run_from_config(config, workdir: str) -> dict:
     # compiled steps.
     tokenizers = {}
     for model in loaded:
-        tokenizers[model.spec] = encode.load_tokenizer(model.model_dir)
+        tokenizers[model.spec] = load_tokenizer(model.model_dir)
         model_io.check_tokenizer(model, tokenizers[model.spec])
     steps_cache: dict = {}
     all_runs: list[dict] = []

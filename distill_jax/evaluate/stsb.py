@@ -126,7 +126,7 @@ class SentenceEmbedder:
 def score_model_dir(model_dir: str, examples, *, max_len: int = MAX_LEN, batch_size: int = BATCH_SIZE) -> dict:
     """Loads an HF-format encoder (a directory: an exported student; or a model id such as the
     offline teacher's) with its tokenizer and scores it on STS-B-style Examples: {"spearman", "pearson", "pairs", "seconds"}."""
-    from distill_jax.evaluate.encode import load_tokenizer
+    from distill_jax.data.tokenization import load_tokenizer
     from distill_jax.models import load_pretrained, resolve_model_dir
 
     model_dir = resolve_model_dir(model_dir)   # a directory, or an id the offline resolver knows

@@ -44,7 +44,11 @@ _HUB_PROBE_TIMEOUT_S = 3.0
 
 # ---------------------------------------------------------------- resolving a name to a directory
 
-def _offline_teacher_dir() -> Path | None:
+def offline_teacher_dir(name: str | None = None) -> Path | None:
+    """The model directory the offline teacher package (OFFLINE_TEACHER_PACKAGE) ships, when it is
+    installed and `name` is one of OFFLINE_TEACHER_IDS (or None); else None."""
+    if name is not None and name not in OFFLINE_TEACHER_IDS:
+        return None
     spec = importlib.util.find_spec(OFFLINE_TEACHER_PACKAGE)
     if spec is None or spec.origin is None:
         return None
@@ -90,10 +94,9 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if name in OFFLINE_TEACHER_IDS:
-        teacher = _offline_teacher_dir()
-        if teacher is not None:
-            return teacher
+    teacher = offline_teacher_dir(name)
+    if teacher is not None:
+        return teacher
     looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or path.exists()
     if looks_like_path:
         raise FileNotFoundError(f"model directory '{name}' does not exist; pass a directory with config.json "
@@ -220,8 +223,10 @@ def has_mlm_head(model_dir: str | os.PathLike) -> bool:
     return any(n.startswith(prefix) and n not in TIED_NAMES[family] for n in names)
 
 
-def read_hf_config(model_dir: Path) -> dict:
-    cfg_path = model_dir / "config.json"
+def read_hf_config(model_dir: str | os.PathLike) -> dict:
+    """A model directory's config.json as a dict (one-line FileNotFoundError / ValueError naming
+    the file otherwise)."""
+    cfg_path = Path(model_dir) / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; pass an HF model directory "
                                 "(config.json + model.safetensors)")
@@ -233,6 +238,43 @@ def read_hf_config(model_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path} holds {type(config).__name__}, not a JSON object; restore the file")
     return config
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    """A model name resolved: its local directory (None when only its shapes are known) and its
+    config.json dict, with where that came from (for error messages)."""
+
+    name: str
+    model_dir: Path | None
+    hf_config: dict
+    source: str
+
+
+def resolve_model(name: str, *, field: str = "config.teacher.name", shapes_only: bool = False) -> ResolvedModel:
+    """The one way a config's model name (the teacher's, by default) becomes a directory and its
+    config.json: resolve_model_dir, then read_hf_config. A name that does not resolve is a one-line
+    FileNotFoundError naming `field`.
+
+    shapes_only: for callers that need the shapes and never the weights (a plan, a dry run): a
+    local directory's config.json, else the shapes shipped for a known hub id (known_hub_config),
+    else what resolves without the network (the offline teacher package, the HF cache); nothing is
+    downloaded and model_dir is None for shipped shapes."""
+    if shapes_only and not Path(name).expanduser().is_dir():
+        known = known_hub_config(name)
+        if known is not None:
+            return ResolvedModel(name, None, known, f"distill_jax/models/hub_configs/{name.split('/')[-1]}.json "
+                                                    "(the hub config.json's shapes)")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # shapes never download weights
+    try:
+        model_dir = resolve_model_dir(name)
+    except FileNotFoundError as exc:
+        if shapes_only:
+            raise FileNotFoundError(
+                f"{field}={name!r}: no local config.json and no shipped shapes for it; "
+                f"pass --{field}=/dir/with/config.json (the weights are not needed)") from None
+        raise FileNotFoundError(f"{field}={name!r}: {exc} (--{field}=/path/to/dir)") from None
+    return ResolvedModel(name, model_dir, read_hf_config(model_dir), str(model_dir / "config.json"))
 
 
 # Architecture shapes (the config.json numbers) of public hub checkpoints the recipes name, so a
