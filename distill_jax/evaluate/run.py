@@ -8,6 +8,7 @@ a later call with the same recipe reuses it, so a killed comparison resumes wher
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -75,6 +76,26 @@ def _task_caps(config, task: str) -> int:
     per_task = config.get("max_train_per_task") or {}
     cap = int(per_task.get(task, 0) or 0)
     return cap if cap > 0 else int(config.max_train_examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskExamples:
+    """One task's text as a GLUE config reads it: train (capped), every dev split, and the whole
+    training split (its size and labels, for the table's notes and the majority-class row)."""
+
+    train: data_lib.Examples
+    dev: dict[str, data_lib.Examples]
+    train_full: data_lib.Examples
+
+
+def read_task(config, task: str) -> TaskExamples:
+    """The one GLUE task reader: config.data's source, training rows capped as config says
+    (_task_caps; a fixed subset by config.subsample_seed), every dev split whole."""
+    spec = get_task(task)
+    train_full = data_lib.read_split(spec, "train", config.data)
+    train = data_lib.subsample(train_full, _task_caps(config, spec.name), int(config.subsample_seed))
+    dev = {s: data_lib.read_split(spec, s, config.data) for s, _ in spec.dev_splits}
+    return TaskExamples(train, dev, train_full)
 
 
 def _slug(text: str) -> str:
@@ -197,10 +218,8 @@ def run_from_config(config, workdir: str) -> dict:
     train_info = {}
     train_labels_full = {}
     for task in task_names:
-        spec = get_task(task)
-        train_full = data_lib.read_split(spec, "train", config.data)
-        train = data_lib.subsample(train_full, _task_caps(config, task), int(config.subsample_seed))
-        dev = {s: data_lib.read_split(spec, s, config.data) for s, _ in spec.dev_splits}
+        read = read_task(config, task)
+        train, dev, train_full = read.train, read.dev, read.train_full
         examples[task] = (train, dev)
         train_labels_full[task] = train_full.labels
         train_info[task] = (len(train), len(train_full))
