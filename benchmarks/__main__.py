@@ -54,7 +54,9 @@ def parse_args(argv):
     p.add_argument("--no_data", action="store_true", help="skip the input pipeline's tokens/s")
     p.add_argument("--data_max_documents", type=int, default=0,
                    help="builtin-corpus documents for the pipeline's tokens/s (0 = all)")
-    p.add_argument("--peak_n", type=int, default=2048, help="matmul size of the measured CPU peak")
+    p.add_argument("--peak_n", type=int, default=0,
+                   help="matmul size of the measured CPU peak; 0 = the trainer's "
+                        "(distill_jax.metrics.PEAK_MATMUL_SIZE)")
     p.add_argument("--out", default="bench_results.json", help="JSON file to write")
     args = p.parse_args(argv)
     torch_variants = [] if args.torch == "none" else args.torch.split(",")
@@ -222,7 +224,9 @@ def main(argv=None) -> dict:
 
     from benchmarks import peak as peak_lib
     from benchmarks import report
+    from distill_jax.metrics import PEAK_MATMUL_SIZE
 
+    args.peak_n = args.peak_n or PEAK_MATMUL_SIZE  # the trainer's CPU peak unless asked otherwise
     device = jax.devices()[0]
     print(f"benchmarks: {len(cases)} case(s) on {device.platform}:{device.device_kind}, "
           f"{threads} thread(s)", flush=True)

@@ -1,8 +1,10 @@
 """The peak FLOP/s that MFU divides by.
 
 CPU: no datasheet figure means anything for a shared VM, so the peak is measured: the best of a
-few large float32 square matmuls in this process, with the same threads as the step (JAX's and
-PyTorch's each, since they use different GEMM libraries: XLA:CPU's Eigen / oneDNN vs MKL/oneDNN).
+few large float32 square matmuls in this process, with the same threads as the step. JAX's is
+distill_jax.metrics.measured_matmul_peak, the definition the trainer's MFU divides by too;
+PyTorch's (torch_matmul_peak) is the same measurement with torch.mm, since the two use different
+GEMM libraries (XLA:CPU's Eigen / oneDNN vs MKL/oneDNN).
 GPU/TPU: the vendor's dense bf16 figure per device, from distill_jax.metrics.PEAK_BF16_FLOPS (the
 one table; train.py's MFU divides by it too).
 """
@@ -11,35 +13,24 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
+from distill_jax.metrics import PEAK_MATMUL_SIZE
 
 # FLOPs per process-CPU-second of the last matmul sample (all threads' CPU time together): the
 # per-thread peak, which other processes' load barely changes (unlike the wall-clock figure).
 _LAST_CPU_PEAK: dict[str, float] = {}
 
 
-def jax_matmul_peak(n: int = 2048, repeats: int = 5, device=None) -> float:
-    """Best FLOP/s of a float32 [n,n] x [n,n] jitted matmul on `device` (2*n^3 FLOPs each)."""
-    import jax
-    import jax.numpy as jnp
+def jax_matmul_peak(n: int = PEAK_MATMUL_SIZE, repeats: int = 5, device=None) -> float:
+    """The trainer's CPU peak (distill_jax.metrics.measured_matmul_peak) on `device`: best FLOP/s
+    of a jitted float32 [n,n] x [n,n] matmul (2*n^3 FLOPs each)."""
+    from distill_jax.metrics import measured_matmul_peak
 
-    device = device or jax.devices()[0]
-    rng = np.random.default_rng(0)
-    a = jax.device_put(rng.standard_normal((n, n), np.float32), device)
-    b = jax.device_put(rng.standard_normal((n, n), np.float32), device)
-    matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.DEFAULT))
-    matmul(a, b).block_until_ready()
-    best = best_cpu = float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        matmul(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    _LAST_CPU_PEAK["jax"] = 2 * n ** 3 / best_cpu
-    return 2 * n ** 3 / best
+    rate = measured_matmul_peak(n, repeats, device)
+    _LAST_CPU_PEAK["jax"] = rate.flops_per_cpu_s
+    return rate.flops_per_s
 
 
-def torch_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+def torch_matmul_peak(n: int = PEAK_MATMUL_SIZE, repeats: int = 5) -> float:
     """Best FLOP/s of a float32 [n,n] x [n,n] torch.mm on CPU, with torch's current threads."""
     import torch
 
@@ -57,7 +48,7 @@ def torch_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def peak_for(device, *, n: int = 2048, repeats: int = 5) -> dict:
+def peak_for(device, *, n: int = PEAK_MATMUL_SIZE, repeats: int = 5) -> dict:
     """{'flops_per_s', 'source'} for this JAX device: measured on CPU, datasheet elsewhere."""
     if device.platform == "cpu":
         value = jax_matmul_peak(n, repeats, device)
@@ -75,7 +66,7 @@ def peak_for(device, *, n: int = 2048, repeats: int = 5) -> dict:
     return {"flops_per_s": flops, "source": f"datasheet dense bf16 for {device.device_kind}"}
 
 
-def sample_peak(peaks: dict, n: int = 2048, repeats: int = 3) -> float | None:
+def sample_peak(peaks: dict, n: int = PEAK_MATMUL_SIZE, repeats: int = 3) -> float | None:
     """Measures the CPU matmul peak again (jax, and torch when present), records the samples in
     `peaks`, raises peaks[...]['flops_per_s'] to the best seen; returns this jax sample (None
     off CPU, where the peak is the datasheet's)."""

@@ -11,6 +11,8 @@ Scalar names written to TensorBoard (tags; float32 `simple_value`s, so TensorBoa
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
 import time
@@ -66,21 +68,46 @@ def device_peak_flops(device: jax.Device | None = None) -> float | None:
     return datasheet_peak_flops(getattr(device, "device_kind", ""))
 
 
-def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of a float32 [size, size] matmul on the default device, best of `repeats`.
+# Matrix size of the measured CPU peak (measured_matmul_peak): large enough that the GEMM library
+# runs at its best rate on every core, small enough to take about a second.
+PEAK_MATMUL_SIZE = 2048
 
-    Used as the CPU "peak": there is no datasheet figure, and fake CPU devices share the cores, so
-    the peak is the machine's, not per device.
+
+@dataclasses.dataclass(frozen=True)
+class MatmulRate:
+    """A measured matmul rate: wall-clock FLOP/s (best sample), and FLOPs per process-CPU-second
+    (all threads' CPU time together; other processes' load barely changes it)."""
+
+    flops_per_s: float
+    flops_per_cpu_s: float
+
+
+def measured_matmul_peak(n: int = PEAK_MATMUL_SIZE, repeats: int = 5, device=None) -> MatmulRate:
+    """The CPU peak MFU divides by, for the trainer's MFU and the benchmark's alike: the best of
+    `repeats` jitted float32 [n, n] x [n, n] matmuls (2 n^3 FLOPs each, random normal operands,
+    default precision) on `device` (default the first), after one compile-and-warm-up call.
+
+    A CPU has no datasheet figure that means anything on a shared VM, so it is measured, with the
+    threads the step uses; fake CPU devices share the cores, so it is the machine's, not per device.
     """
-    a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = float("inf")
+    device = device or jax.devices()[0]
+    rng = np.random.default_rng(0)
+    a = jax.device_put(rng.standard_normal((n, n), np.float32), device)
+    b = jax.device_put(rng.standard_normal((n, n), np.float32), device)
+    matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.DEFAULT))
+    matmul(a, b).block_until_ready()
+    best = best_cpu = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+        t0, c0 = time.perf_counter(), time.process_time()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return MatmulRate(flops_per_s=2 * n ** 3 / best, flops_per_cpu_s=2 * n ** 3 / max(best_cpu, 1e-9))
+
+
+@functools.lru_cache(maxsize=1)
+def _host_cpu_peak() -> float:
+    return measured_matmul_peak().flops_per_s
 
 
 def machine_peak_flops(override_per_device: float = 0.0) -> tuple[float, str]:
@@ -91,8 +118,9 @@ def machine_peak_flops(override_per_device: float = 0.0) -> tuple[float, str]:
     per_device = device_peak_flops(devices[0])
     if per_device is not None:
         return per_device * len(devices), f"datasheet bf16 peak of {devices[0].device_kind}"
-    # CPU: the host's measured float32 matmul rate, once per process.
-    return measured_matmul_flops() * jax.process_count(), "measured float32 matmul on this host"
+    # CPU: the host's measured matmul rate (measured_matmul_peak), once per process.
+    return (_host_cpu_peak() * jax.process_count(),
+            f"measured float32 {PEAK_MATMUL_SIZE}x{PEAK_MATMUL_SIZE} matmul on this host")
 
 
 def cpu_model() -> str:

@@ -107,3 +107,33 @@ def test_relation_block_sizes_run_one_case_each():
     assert [objective_config(c)["minilmv2"]["block_size"] for c in cases] == [0, 128]
     assert cases[0].name.endswith("block0")
     assert "block_size" not in objective_config(build_cases(parse_args([]))[0])["minilmv2"]  # the default
+
+
+def test_the_benchmark_and_the_trainer_divide_by_one_cpu_peak(monkeypatch):
+    """One definition of the measured CPU peak (distill_jax.metrics.measured_matmul_peak, float32
+    PEAK_MATMUL_SIZE^2 matmuls): the trainer's MFU (machine_peak_flops) and the benchmark's
+    (benchmarks.peak) both measure through it, at the same size by default."""
+    import jax
+
+    from benchmarks import peak as peak_lib
+    from distill_jax import metrics
+
+    calls = []
+
+    def fake(n=metrics.PEAK_MATMUL_SIZE, repeats=5, device=None):
+        calls.append(n)
+        return metrics.MatmulRate(flops_per_s=3e9, flops_per_cpu_s=2e9)
+
+    monkeypatch.setattr(metrics, "measured_matmul_peak", fake)
+    metrics._host_cpu_peak.cache_clear()
+    cpu = jax.devices("cpu")[0]
+    assert peak_lib.peak_for(cpu)["flops_per_s"] == 3e9
+    if jax.devices()[0].platform == "cpu":
+        peak, source = metrics.machine_peak_flops()
+        assert peak == 3e9 * jax.process_count() and f"{metrics.PEAK_MATMUL_SIZE}x" in source
+    metrics._host_cpu_peak.cache_clear()
+    assert set(calls) == {metrics.PEAK_MATMUL_SIZE}
+    # The real measurement: a plausible rate, wall clock and per CPU-second.
+    monkeypatch.undo()
+    real = metrics.measured_matmul_peak(128, repeats=2)
+    assert real.flops_per_s > 1e6 and real.flops_per_cpu_s > 1e6
