@@ -219,5 +219,6 @@ def create_writer(workdir: str):
     on process 0 only (the other processes get one that drops everything); .close() at the end.
     Console output is `console_line`'s job."""
     from distill_jax.event_writer import EventWriter
+    from distill_jax.workdir_layout import Workdir
 
-    return EventWriter(f"{workdir.rstrip('/')}/tensorboard" if jax.process_index() == 0 else None)
+    return EventWriter(Workdir(workdir).tensorboard if jax.process_index() == 0 else None)

@@ -34,7 +34,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distill_jax import sharding
+from distill_jax import sharding, workdir_layout
+from distill_jax.workdir_layout import Workdir
 
 HEAD = "mlm_head"   # the Encoder attribute holding the head's parameters
 
@@ -137,7 +138,7 @@ def check_config(config) -> None:
 def finished_fit(workdir: str) -> dict | None:
     """The fit record of a head fitted and exported in workdir, else None (not fitted or not done)."""
     record_path = os.path.join(workdir, "fit_record.json")
-    if not (os.path.isfile(record_path) and os.path.isfile(os.path.join(workdir, "export", "config.json"))):
+    if not (os.path.isfile(record_path) and os.path.isfile(Workdir(workdir).path(workdir_layout.EXPORT, "config.json"))):
         return None
     with open(record_path) as f:
         return json.load(f)
@@ -186,7 +187,7 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mlm = data_lib.MlmConfig.from_config(config.data.mlm)
     eval_batches = _eval_batches(config, tokenizer, data_lib.MlmConfig.from_config(config.eval_data.mlm))
 
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2,
+    checkpointer = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, max_to_keep=2,
                                          async_save=False)
     state = {"step": jnp.zeros((), jnp.int32), "head": head, "opt_state": opt_state}
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
@@ -237,7 +238,7 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"perplexity {after['perplexity']:.1f} (was {before['perplexity']:.1f})")
 
     model = nnx.merge(graphdef, jax.device_get({**frozen, HEAD: head}))
-    export_dir = os.path.join(workdir, "export")
+    export_dir = Workdir(workdir).export
     if jax.process_index() == 0:
         models.export_pretrained(model, export_dir, tokenizer_dir=teacher_dir)
     record = {
@@ -257,7 +258,7 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
             json.dump(record, f, indent=1)
         if history:
             from distill_jax.plots import plot_loss_curves
-            plot_loss_curves(history, os.path.join(workdir, "loss_curves.png"),
+            plot_loss_curves(history, Workdir(workdir).loss_curves,
                              title=f"MLM head fit on frozen {config.teacher.name}")
         log(f"teacher + head exported (HF *ForMaskedLM) to {export_dir}; record {record_path}")
     return record

@@ -27,6 +27,7 @@ from typing import Any
 from etils import epath
 
 from distill_jax.atomic import write_atomic
+from distill_jax.workdir_layout import Workdir
 
 # Fields that change how a run goes (caches, logging, cadence, export, evaluation), never which
 # student it trains. One list for the trainer's resume check and the method study's identities.
@@ -44,7 +45,7 @@ OVERRIDE = "--config.allow_config_change=True"
 
 
 def config_path(workdir: str) -> str:
-    return f"{workdir.rstrip('/')}/config.json"
+    return Workdir(workdir).config
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -130,5 +131,5 @@ def write(config, workdir: str, stored: dict | None) -> None:
     new = _normal(config.to_dict())
     if stored is not None and stored != new:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        write_atomic(f"{workdir.rstrip('/')}/config.{stamp}.json", json.dumps(stored, indent=1))
+        write_atomic(Workdir(workdir).path(f"config.{stamp}.json"), json.dumps(stored, indent=1))
     write_atomic(config_path(workdir), json.dumps(new, indent=1))

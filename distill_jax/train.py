@@ -19,10 +19,7 @@
      before any save), checkpoints (a failed save stops the run), preemption (SIGTERM, every step)
   9. the end: final checkpoint, export in HF format, summary.json, loss-curve PNG
 
-Workdir layout: LOCK (while a run holds it), config.json, checkpoints/<step>/... (+
-checkpoints/history.json, checkpoints/divergence.json after a detected divergence),
-tensorboard/events.*, export/ (HF model + tokenizer + model card: distill_jax/export.py),
-summary.json, loss_curves.png.
+The workdir's layout: distill_jax/workdir_layout.py.
 """
 
 from __future__ import annotations
@@ -51,6 +48,8 @@ from distill_jax import sharding, train_setup
 from distill_jax.evaluate import during_training  # config.eval: scores logged with the losses
 from distill_jax.atomic import write_atomic
 from distill_jax.train_setup import abstract_like as _abstract
+from distill_jax import workdir_layout
+from distill_jax.workdir_layout import Workdir
 from distill_jax.workdir_lock import WorkdirLock
 
 
@@ -112,7 +111,7 @@ def compilation_cache_dir(config, workdir: str) -> str | None:
     choice = str(config.get("compilation_cache_dir", "") or "")
     if choice.lower() in ("off", "none", "false"):
         return None
-    return choice or f"{workdir}/compilation_cache"
+    return choice or Workdir(workdir).compilation_cache
 
 
 def data_cache_dir(config, workdir: str) -> str | None:
@@ -122,7 +121,7 @@ def data_cache_dir(config, workdir: str) -> str | None:
     if config.data.get("cache_dir"):
         return None  # the data config's own field
     if jax.process_count() > 1:
-        shared = f"{workdir}/data_cache"
+        shared = Workdir(workdir).data_cache
         log(f"data.cache_dir unset in a {jax.process_count()}-process job: the hosts share the "
             f"build in {shared} (prepare it once instead: python -m distill_jax.data.prepare "
             f"--config=<recipe> --cache_dir=<dir>, then --config.data.cache_dir=<dir>)")
@@ -172,12 +171,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     if jax.process_index() == 0:
         # The per-parameter table goes to a file (it is 30+ lines); the console gets the totals.
         table = metrics_lib.parameter_overview(params["student"])
-        epath.Path(f"{workdir}/parameters.txt").write_text(table + "\n")
+        epath.Path(Workdir(workdir).parameters).write_text(table + "\n")
         if config.print_parameters:
             print(table, flush=True)
         log(f"trainable parameters: student {metrics_lib.count_parameters(params['student']):,}, "
             f"objective aux {metrics_lib.count_parameters(params['aux']):,}; teacher (frozen) "
-            f"{metrics_lib.count_parameters(teacher_params):,}; table in {workdir}/parameters.txt")
+            f"{metrics_lib.count_parameters(teacher_params):,}; table in {Workdir(workdir).parameters}")
     stop.check("the model build")
 
     # 5. Compile ahead of time from the abstract batch, before any data work (the plan compiles
@@ -209,7 +208,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
 
     # 7. Resume.
     checkpointer = ckpt_lib.Checkpointer(
-        f"{workdir}/checkpoints", max_to_keep=config.keep_checkpoints,
+        Workdir(workdir).checkpoints, max_to_keep=config.keep_checkpoints,
         async_save=config.async_checkpoints)
     from distill_jax import distributed
     distributed.note_checkpoint_dir(checkpointer.directory)  # named when a peer process is lost
@@ -335,7 +334,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     summary["memory_per_device_bytes"] = memory  # XLA's analysis of the compiled step (plan: same)
     summary.update(during_training.summary_fields(history))
     if not preempted and config.export:
-        export_dir = f"{workdir}/export"
+        export_dir = Workdir(workdir).export
         final_student = host_params(state["params"]["student"])
         if jax.process_index() == 0:
             from distill_jax.export import export_student  # model card, ST stack, atomic
@@ -344,13 +343,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
             summary["export_dir"] = export_dir
             log(f"student exported (HF format) to {export_dir}")
     if jax.process_index() == 0:
-        write_atomic(f"{workdir}/summary.json", json.dumps(summary, indent=1))  # whole or absent
+        write_atomic(Workdir(workdir).summary, json.dumps(summary, indent=1))  # whole or absent
         if history and not preempted:
             from distill_jax.plots import plot_loss_curves
-            with _local_dir(workdir, only="loss_curves.png") as local:
-                plot_loss_curves(history, f"{local}/loss_curves.png",
+            with _local_dir(workdir, only=workdir_layout.LOSS_CURVES) as local:
+                plot_loss_curves(history, Workdir(local).loss_curves,
                                  title=f"{config.teacher.name} -> {student_cfg.num_layers}x{student_cfg.hidden_size}")
-        log(f"summary written to {workdir}/summary.json")
+        log(f"summary written to {Workdir(workdir).summary}")
     return RunResult(final_step=step, final_metrics=last_metrics or {}, preempted=preempted,
                      summary=summary)
 
@@ -392,21 +391,17 @@ def _flat_config(config) -> dict:
     return out
 
 
-def _history_path(workdir: str) -> str:
-    return f"{workdir}/checkpoints/history.json"
-
-
 def _save_history(workdir: str, history: list[dict]) -> None:
     # The logged curve survives restarts, so summary.json and the PNG cover the whole run.
     if jax.process_index() == 0:
-        path = epath.Path(_history_path(workdir))
+        path = epath.Path(Workdir(workdir).history)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(str(path), json.dumps(history))
 
 
 def _load_history(workdir: str) -> list[dict]:
     try:
-        return json.loads(epath.Path(_history_path(workdir)).read_text())
+        return json.loads(epath.Path(Workdir(workdir).history).read_text())
     except (OSError, ValueError):
         return []
 

@@ -35,9 +35,10 @@ import uuid
 
 from etils import epath
 
+from distill_jax import workdir_layout
 from distill_jax.atomic import write_atomic
 
-LOCK_NAME = "LOCK"
+LOCK_NAME = workdir_layout.LOCK
 HEARTBEAT_S = 60.0        # seconds between heartbeats
 STALE_AFTER_S = 600.0     # a heartbeat older than this means the holder is gone (10 missed beats)
 LOCK_SETTLE_S = 1.0       # remote (gs://) locks: wait this long, then re-read to detect a racing writer
@@ -74,7 +75,7 @@ class WorkdirLock:
     def __init__(self, workdir: str, *, heartbeat_s: float = HEARTBEAT_S,
                  stale_after_s: float = STALE_AFTER_S):
         self.workdir = workdir
-        self.path = f"{workdir.rstrip('/')}/{LOCK_NAME}"
+        self.path = workdir_layout.Workdir(workdir).lock
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self.token = uuid.uuid4().hex

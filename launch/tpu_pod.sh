@@ -133,7 +133,7 @@ if [ "$launch" = 1 ] || [ "$prepare" = 1 ]; then
     cmd=(python main.py "--config=$config" "--workdir=$workdir" --distributed=on ${extra[@]+"${extra[@]}"})
     name="${workdir%/}"; name="${name##*/}"
     run="${run:-${name:-run}}"
-    logs_to="${workdir%/}/logs"
+    logs_to="${workdir%/}/logs"  # the workdir's layout: distill_jax/workdir_layout.py (LOGS)
   fi
   on_workers "$worker_script start --run=$(quoted "$run") --kind=$kind${logs_to:+ --logs_to=$(quoted "$logs_to")} -- $(quoted "${cmd[@]}")"
   if [ "$dry_run" = 0 ]; then

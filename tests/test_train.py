@@ -169,6 +169,12 @@ def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
     assert total == sum(v.size for v in exported.values())  # the exported student, counted apart
     png = (workdir / "loss_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # Everything the run left is where distill_jax/workdir_layout.py says (the lock went with the run).
+    from distill_jax import workdir_layout
+    layout = {workdir_layout.CONFIG, workdir_layout.PARAMETERS, workdir_layout.CHECKPOINTS, workdir_layout.TENSORBOARD,
+              workdir_layout.EXPORT, workdir_layout.SUMMARY, workdir_layout.LOSS_CURVES}
+    assert {p.name for p in workdir.iterdir()} == layout
+    assert (workdir / workdir_layout.CHECKPOINTS / workdir_layout.HISTORY).is_file()
 
 
 def test_plan_on_fake_cpu_devices_reports_the_runs_compiled_memory(run_8dev, tiny_teacher, data_cache,
