@@ -15,7 +15,7 @@ compared in "How to Distill your BERT" (arXiv:2305.15032); the optimisation reci
 mha_l6_h384.py so that objectives are compared at equal cost.
 """
 
-from configs import common, objectives
+from configs import common
 from configs import mha_l6_h384
 
 from distill_jax.losses.layer_maps import STRATEGIES
@@ -35,7 +35,7 @@ def parse_map(spec: str):
 def get_config(arg=None):
     args = common.parse_arg(arg, map="uniform_cons", runlocal=False, steps=0)
     c = mha_l6_h384.get_config()
-    c.objective = objectives.hidden_states(
+    c.objective = common.hidden_states(
         parse_map(args.map), loss="mse",
         embeddings=False,        # the embedding output is not matched (its width differs too)
         projection="per_layer",  # one learned 384->768 projection per student layer

@@ -16,7 +16,7 @@ and the released MiniLMv2 models (https://aka.ms/minilm). Values marked (paper) 
 we read it; values marked (ours) are our choice where the paper is silent or the setting differs.
 """
 
-from configs import common, objectives
+from configs import common
 
 
 def get_config(arg=None):
@@ -35,7 +35,7 @@ def get_config(arg=None):
     # (paper) Q-Q, K-K and V-V self-attention relations, equal weights, between the teacher's last
     # layer (base-size teachers) and the student's last layer; 48 relation heads for base-size
     # teachers (64 for large ones): 768/48 = 16 and 384/48 = 8 dims per relation head.
-    c.objective = objectives.minilmv2(relation_heads=48, teacher_layer=-1, qq=1.0, kk=1.0, vv=1.0)
+    c.objective = common.minilmv2(relation_heads=48, teacher_layer=-1, qq=1.0, kk=1.0, vv=1.0)
 
     # (paper) English Wikipedia + BookCorpus, as BERT. One source here: the Wikimedia dump on the
     # HF hub (a data-file dataset, which datasets 5 loads; the old script-based `wikipedia` and

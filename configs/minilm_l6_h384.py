@@ -13,7 +13,7 @@ Optimisation as in mha_l6_h384.py (both papers: batch 1024, 400K steps, Adam, 4K
 v1 reports a 5e-4 peak learning rate for its small students.
 """
 
-from configs import common, objectives
+from configs import common
 from configs import mha_l6_h384
 
 
@@ -21,7 +21,7 @@ def get_config(arg=None):
     args = common.parse_arg(arg, runlocal=False, steps=0)
     c = mha_l6_h384.get_config()
     c.student.num_heads = 12  # must equal the teacher's for the attention-distribution KL
-    c.objective = objectives.minilm_v1(attention=1.0, value=1.0)
+    c.objective = common.minilm_v1(attention=1.0, value=1.0)
     c.optim.learning_rate = 5e-4
     if args.runlocal:
         common.runlocal(c)

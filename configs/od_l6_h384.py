@@ -13,14 +13,14 @@ and map="last" to bring it back through a learned projection). bert-base-uncased
 so the teacher has one; the student gets a freshly initialised head tied to its embeddings.
 """
 
-from configs import common, objectives
+from configs import common
 from configs import mha_l6_h384
 
 
 def get_config(arg=None):
     args = common.parse_arg(arg, runlocal=False, steps=0, temperature=2.0)
     c = mha_l6_h384.get_config()
-    c.objective = objectives.distilbert_od(temperature=args.temperature)
+    c.objective = common.distilbert_od(temperature=args.temperature)
     c.data.mlm.max_predictions = 80  # BERT: 76-80 predictions per 512-token row (15%)
     c.optim.learning_rate = 5e-4     # DistilBERT: 5e-4 with 4K-token batches; ours: 1024 x 512
     if args.runlocal:

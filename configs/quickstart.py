@@ -8,7 +8,7 @@ Args (comma-separated after ':'): steps=<n> to change the run length (default 20
 configs/quickstart.py:steps=50; `--config.total_steps=50` does the same (the warmup follows).
 """
 
-from configs import common, objectives
+from configs import common
 
 
 def get_config(arg=None):
@@ -27,7 +27,7 @@ def get_config(arg=None):
 
     # MiniLMv2 between the last layers, 48 relation heads as the paper uses for base-size teachers
     # (384 / 48 = 8 dims per relation head on both sides).
-    c.objective = objectives.minilmv2()
+    c.objective = common.minilmv2()
 
     # The builtin corpus: English prose from CPython's own documentation/docstrings (see
     # distill_jax/data/builtin_corpus.py); all of it (503 documents on CPython 3.11) is 351 batches

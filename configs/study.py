@@ -37,7 +37,7 @@ import os
 
 import ml_collections
 
-from configs import common, objectives
+from configs import common
 from configs import glue as glue_config
 from distill_jax.evaluate.report import REFERENCES  # the reference rows' names (the driver gives their meaning)
 
@@ -50,25 +50,25 @@ COST_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file_
 
 
 def _objectives(preset: str) -> dict:
-    """The distillation objective of every method (configs/objectives.py)."""
+    """The distillation objective of every method (configs/common.py)."""
     # MiniLMv2 for base-size teachers, whatever the student: 384/48 = 8, 192/48 = 4, 768/48 = 16
     # dims per relation head (see STUDENT_SHAPES)
     relation_heads = 48
     return {
-        "minilmv2_last": objectives.minilmv2(relation_heads, teacher_layer=-1),
+        "minilmv2_last": common.minilmv2(relation_heads, teacher_layer=-1),
         # The same from layer L_T - 1, the "upper-middle" layer the seed paper recommends.
-        "minilmv2_upper": objectives.minilmv2(relation_heads, teacher_layer=-2),
+        "minilmv2_upper": common.minilmv2(relation_heads, teacher_layer=-2),
         # Last layers (needs equal head counts: 12 and 12).
-        "minilm_v1": objectives.minilm_v1(),
+        "minilm_v1": common.minilm_v1(),
         # Learned per-layer projections when widths differ (384 -> 768 on the pod, 192 -> 384 for
         # the cpu 3x192 student; at equal widths, 384 = 384 for the cpu 3x384 student, the
         # identity: no parameters to learn).
-        "hs_last": objectives.hidden_states("last", loss="mse"),
-        "hs_uniform": objectives.hidden_states("uniform", loss="mse"),
-        "hs_uniform_cons": objectives.hidden_states("uniform_cons", loss="mse"),
-        "hs_uniform_last": objectives.hidden_states("uniform_last", loss="mse"),
+        "hs_last": common.hidden_states("last", loss="mse"),
+        "hs_uniform": common.hidden_states("uniform", loss="mse"),
+        "hs_uniform_cons": common.hidden_states("uniform_cons", loss="mse"),
+        "hs_uniform_last": common.hidden_states("uniform_last", loss="mse"),
         # The teacher's MLM head: its own (pod) or fitted (cpu).
-        "od": objectives.distilbert_od(temperature=2.0),
+        "od": common.distilbert_od(temperature=2.0),
     }
 
 

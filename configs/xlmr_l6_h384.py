@@ -15,7 +15,7 @@ relation heads, last layer). The 250k x 384 embedding table is most of the stude
 parameters), so FSDP shards it over hosts.
 """
 
-from configs import common, objectives
+from configs import common
 from configs import mha_l6_h384
 
 
@@ -23,7 +23,7 @@ def get_config(arg=None):
     args = common.parse_arg(arg, runlocal=False, large=False, steps=0)
     c = mha_l6_h384.get_config()
     c.teacher.name = "xlm-roberta-large" if args.large else "xlm-roberta-base"
-    c.objective = objectives.minilmv2(
+    c.objective = common.minilmv2(
         relation_heads=64 if args.large else 48,  # (paper) 64 for large, 48 for base-size teachers
         # (paper) an upper-middle layer for large teachers; layer 21 of 24 is our reading of it.
         teacher_layer=21 if args.large else -1)
