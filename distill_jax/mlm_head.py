@@ -107,14 +107,15 @@ def evaluate(eval_step, head, frozen, batches, mesh) -> dict[str, float]:
             "cross_entropy": ce, "positions": int(totals["count"])}
 
 
-def _eval_batches(config, tokenizer, mlm) -> list[dict]:
-    """The whole eval corpus once, in order, with fixed masks (the same for 'before' and 'after')."""
+def _eval_batches(config, eval_data, tokenizer) -> list[dict]:
+    """The whole eval corpus (eval_data: config.eval_data read once, a data.DataConfig) once, in
+    order, with fixed masks (the same for 'before' and 'after')."""
     from distill_jax import data as data_lib
 
     it = data_lib.build_train_iterator(
-        config.eval_data, tokenizer, per_host_batch_size=config.eval_batch_size // jax.process_count(),
+        eval_data, tokenizer, per_host_batch_size=config.eval_batch_size // jax.process_count(),
         process_index=jax.process_index(), process_count=jax.process_count(),
-        seed=int(config.eval_seed), mlm=mlm, num_epochs=1)
+        seed=int(config.eval_seed), mlm=eval_data.mlm, num_epochs=1)
     batches = list(it)
     if config.max_eval_batches:
         batches = batches[:int(config.max_eval_batches)]
@@ -163,8 +164,9 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return done
     check_config(config)
     teacher_dir = str(resolve_model(config.teacher.name).model_dir)
-    data_lib.validate_data_config(config.data)
-    data_lib.validate_data_config(config.eval_data)
+    # The two corpora, read once (one-line errors naming --config.data.* / --config.eval_data.*).
+    train_data = data_lib.DataConfig.from_config(config.data, "data")
+    eval_data = data_lib.DataConfig.from_config(config.eval_data, "eval_data")
     t_start, cpu_start = time.time(), time.process_time()
 
     mesh = sharding.make_mesh(-1, 1, 1)
@@ -184,16 +186,16 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     tokenizer = data_lib.load_tokenizer(teacher_dir)
     data_lib.check_vocab(tokenizer, cfg.vocab_size)
-    mlm = data_lib.MlmConfig.from_config(config.data.mlm)
-    eval_batches = _eval_batches(config, tokenizer, data_lib.MlmConfig.from_config(config.eval_data.mlm))
+    eval_batches = _eval_batches(config, eval_data, tokenizer)
 
     checkpointer = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, max_to_keep=2,
                                          async_save=False)
     state = {"step": jnp.zeros((), jnp.int32), "head": head, "opt_state": opt_state}
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
     train_it = data_lib.build_train_iterator(
-        config.data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
-        process_index=jax.process_index(), process_count=jax.process_count(), seed=int(config.seed), mlm=mlm)
+        train_data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count(), seed=int(config.seed),
+        mlm=train_data.mlm)
     restored = checkpointer.restore_latest(abstract)
     meta: dict = {}
     if restored is not None:
@@ -203,7 +205,7 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
         before = meta["before"]
     else:
         log(f"evaluating the fresh head on {len(eval_batches)} batches of {config.eval_batch_size} x "
-            f"{config.eval_data.seq_len}")
+            f"{eval_data.seq_len}")
         before = evaluate(eval_step, state["head"], frozen, eval_batches, mesh)
         log(f"before: masked-token accuracy {before['accuracy']:.2f}%, perplexity {before['perplexity']:.1f}")
     history = list(meta.get("history", []))

@@ -136,8 +136,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     # 1. The teacher's whereabouts: fails in seconds with one line (the config was checked).
     teacher = resolve_model(config.teacher.name)
     teacher_dir = str(teacher.model_dir)
-    from distill_jax.data import validate_data_config
-    validate_data_config(config.data)
+    from distill_jax.data import DataConfig
+    data = DataConfig.from_config(config.data)  # read once; the pipeline gets this, not config.data
 
     # 2. Mesh, and the persistent compilation cache (shared by every host when on gs://).
     mesh = train_setup.make_config_mesh(config, jax.devices())
@@ -196,9 +196,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     t0 = time.time()
     try:
         data_iter = data_lib.build_train_iterator(
-            config.data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
+            data, tokenizer, per_host_batch_size=config.batch_size // jax.process_count(),
             process_index=jax.process_index(), process_count=jax.process_count(), seed=seed,
-            mlm=data_lib.MlmConfig.from_config(config.data.mlm) if objective.needs_mlm_batch else None,
+            mlm=data.mlm if objective.needs_mlm_batch else None,
             cache_dir=data_cache_dir(config, workdir), stop_requested=stop.stop_requested)
     except InterruptedError:
         raise preemption_lib.Stopped("the data build") from None

@@ -52,50 +52,15 @@ class Workdir:
     def path(self, *parts: str) -> str:
         return "/".join((self.root.rstrip("/"), *parts))
 
-    @property
-    def lock(self) -> str:
-        return self.path(LOCK)
-
-    @property
-    def config(self) -> str:
-        return self.path(CONFIG)
-
-    @property
-    def parameters(self) -> str:
-        return self.path(PARAMETERS)
-
-    @property
-    def checkpoints(self) -> str:
-        return self.path(CHECKPOINTS)
-
-    @property
-    def history(self) -> str:
-        return self.path(CHECKPOINTS, HISTORY)
-
-    @property
-    def tensorboard(self) -> str:
-        return self.path(TENSORBOARD)
-
-    @property
-    def compilation_cache(self) -> str:
-        return self.path(COMPILATION_CACHE)
-
-    @property
-    def data_cache(self) -> str:
-        return self.path(DATA_CACHE)
-
-    @property
-    def logs(self) -> str:
-        return self.path(LOGS)
-
-    @property
-    def export(self) -> str:
-        return self.path(EXPORT)
-
-    @property
-    def summary(self) -> str:
-        return self.path(SUMMARY)
-
-    @property
-    def loss_curves(self) -> str:
-        return self.path(LOSS_CURVES)
+    lock = property(lambda self: self.path(LOCK))
+    config = property(lambda self: self.path(CONFIG))
+    parameters = property(lambda self: self.path(PARAMETERS))
+    checkpoints = property(lambda self: self.path(CHECKPOINTS))
+    history = property(lambda self: self.path(CHECKPOINTS, HISTORY))
+    tensorboard = property(lambda self: self.path(TENSORBOARD))
+    compilation_cache = property(lambda self: self.path(COMPILATION_CACHE))
+    data_cache = property(lambda self: self.path(DATA_CACHE))
+    logs = property(lambda self: self.path(LOGS))
+    export = property(lambda self: self.path(EXPORT))
+    summary = property(lambda self: self.path(SUMMARY))
+    loss_curves = property(lambda self: self.path(LOSS_CURVES))

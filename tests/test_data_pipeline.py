@@ -287,3 +287,38 @@ def test_resume_survives_a_corpus_copied_anew_but_not_a_changed_one(tokenizer, t
     shutil.rmtree(os.path.join(cache, old[0]))
     with pytest.raises(ValueError, match="not in the cache to compare tokens"):
         iterator().set_state({k: v for k, v in state.items() if k != "corpus_sha256"})
+
+
+def test_the_data_config_is_read_once_into_a_typed_value(tokenizer, cache_dir, corpus):
+    """DataConfig is the schema (default_data_config is it as a ConfigDict); from_config reads a
+    config block once with one-line errors naming --config.<block>.<field>; the pipeline handed the
+    DataConfig makes the same batches as one handed the config block."""
+    import dataclasses
+
+    from distill_jax.data import DataConfig
+
+    defaults = default_data_config()
+    assert {f.name for f in dataclasses.fields(DataConfig)} == set(defaults.keys())
+    assert DataConfig.from_config(defaults) == DataConfig()
+    data = DataConfig.from_config({"source": "text", "paths": "/a, /b", "max_documents": "7", "shuffle": 0})
+    assert (data.paths, data.max_documents, data.shuffle) == (("/a", "/b"), 7, False)
+    for block, bad, message in [
+            ("data", {"source": "books"}, r"^--config\.data\.source='books': must be one of builtin, text"),
+            ("data", {"source": "text"}, r"^--config\.data\.source='text' needs --config\.data\.paths"),
+            ("data", {"max_documents": -1}, r"^--config\.data\.max_documents=-1: must be >= 0 \(0 = all\)$"),
+            ("data", {"prefetch": "two"}, r"^--config\.data\.prefetch='two': must be an integer$"),
+            ("data", {"seq_len": 2}, r"^--config\.data\.seq_len=2: must be >= 3"),
+            ("eval_data", {"doc_split": "para", "source": "text", "paths": "/x"},
+             r"^--config\.eval_data\.doc_split='para': must be one of"),
+            ("data", {"tokenizer": "x"}, r"^--config\.data has unknown field\(s\) \['tokenizer'\]")]:
+        with pytest.raises(ValueError, match=message):
+            DataConfig.from_config({**defaults.to_dict(), **bad}, block)
+
+    read_once = DataConfig.from_config(_cfg())
+    mlm = MlmConfig(max_predictions=5)
+    from_value = build_train_iterator(read_once, tokenizer, per_host_batch_size=4, process_index=0,
+                                      process_count=1, seed=3, mlm=mlm, cache_dir=cache_dir)
+    from_config = _iterator(tokenizer, cache_dir, b=4, seed=3, mlm=mlm)
+    for _ in range(3):
+        a, b = next(from_value), next(from_config)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

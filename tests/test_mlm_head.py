@@ -108,8 +108,8 @@ def test_fit_raises_accuracy_and_exports_a_frozen_teacher_with_head(headless_tea
     c = config
     from distill_jax import data as data_lib
     from distill_jax.mlm_head import _eval_batches
-    batches = _eval_batches(c, data_lib.load_tokenizer(str(export)),
-                            data_lib.MlmConfig.from_config(c.eval_data.mlm))
+    batches = _eval_batches(c, data_lib.DataConfig.from_config(c.eval_data, "eval_data"),
+                            data_lib.load_tokenizer(str(export)))
     ce_sum = correct = count = 0.0
     for b in batches:
         with torch.no_grad():

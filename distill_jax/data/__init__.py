@@ -14,12 +14,12 @@ of the shards into a cache_dir they all see; load_or_build).
 
 Entry point (what the trainer calls):
 
+    data = DataConfig.from_config(config.data)      # read once: typed, validated (one-line errors)
     tokenizer = load_tokenizer(teacher_dir)        # AutoTokenizer, fast only
     check_vocab(tokenizer, teacher_cfg.vocab_size)  # refuses a mismatched vocabulary
-    it = build_train_iterator(config.data, tokenizer, per_host_batch_size=b,
+    it = build_train_iterator(data, tokenizer, per_host_batch_size=b,
                               process_index=jax.process_index(), process_count=jax.process_count(),
-                              seed=config.seed,
-                              mlm=MlmConfig.from_config(config.data.mlm) if od else None)
+                              seed=config.seed, mlm=data.mlm if od else None)
     batch = next(it)     # dict of numpy arrays, this process's rows
     state = it.get_state(); it.set_state(state)     # JSON-serialisable dicts
 
@@ -27,26 +27,8 @@ Batch: input_ids, attention_mask, token_type_ids int32 [b, S]; segment_ids int32
 data.segment_ids (1-based document index within the block, 0 on padding); with MLM also
 mlm_positions, mlm_ids int32 [b, P] and mlm_weights float32 [b, P] (input_ids then masked).
 
-Data config (`default_data_config()`; every field optional in a user dict):
-    source          'builtin' | 'text' | 'wikiextractor' | 'hf' | 'tfds'          ('builtin')
-    paths           text/wikiextractor: files, dirs (recursive), globs; list or 'a,b'   (None)
-    doc_split       text: 'blank_line' | 'file' | 'line'                           ('blank_line')
-    hf_name, hf_config, hf_split, hf_data_files, hf_text_field, hf_streaming
-                    HF datasets: hub name (+config) or 'text'/'json'/'parquet'/'arrow'
-                    with local data_files                ('', '', 'train', None, 'text', False)
-    tfds_name, tfds_data_dir, tfds_split, tfds_text_field
-                    tensorflow-datasets prepared builder            ('', '', 'train', 'text')
-    max_documents   0 = all, else the first N documents                                 (0)
-    seq_len         block length including [CLS]/[SEP]                                  (128)
-    cache_dir       '' = $DISTILL_JAX_CACHE or ~/.cache/distill_jax/data                 ('')
-    segment_ids     also yield segment_ids                                           (False)
-    shuffle         permute blocks per epoch by (seed, epoch)                         (True)
-    num_epochs      0 = infinite                                                         (0)
-    prefetch        batches prepared ahead by a background thread; 0 = inline            (2)
-    tokenize_batch_documents, build_workers   build knobs (docs per tokenizer call;
-                    tokenizer processes per host, 0 = one per core)                  (256, 0)
-    mlm             mask_prob 0.15, max_predictions 20, mask_token_prob 0.8,
-                    random_token_prob 0.1 (used only when the trainer passes mlm=)
+Data config: `DataConfig` (data/config.py) lists every field with its default and meaning;
+`default_data_config()` is the same as a ConfigDict for `config.data`.
 
 Packing: documents back to back, each followed by [SEP] (</s>); cut every seq_len-2 tokens into
 [CLS] chunk [SEP] blocks; long documents split, never dropped; only the corpus's very last block
@@ -60,47 +42,46 @@ import os
 from typing import Any
 
 from distill_jax.data.cache import PackedCorpus, load_or_build
-from distill_jax.data.config import (MlmConfig, config_value, default_cache_dir,
-                                     default_data_config, validate_data_config)
+from distill_jax.data.config import (DataConfig, MlmConfig, default_cache_dir, default_data_config,
+                                     validate_data_config)
 from distill_jax.data.iterator import BatchIterator, batch_shapes
 from distill_jax.data.sources import make_source
 from distill_jax.data.tokenization import (SpecialTokens, check_vocab, load_tokenizer,
                                            tokenizer_fingerprint)
 
 __all__ = [
-    "BatchIterator", "MlmConfig", "PackedCorpus", "SpecialTokens", "batch_shapes", "build_packed_corpus",
+    "BatchIterator", "DataConfig", "MlmConfig", "PackedCorpus", "SpecialTokens", "batch_shapes", "build_packed_corpus",
     "build_train_iterator", "check_vocab", "default_data_config", "load_tokenizer",
     "tokenizer_fingerprint", "validate_data_config",
 ]
 
 
-def _resolve_cache_dir(data_cfg: Any, cache_dir: str | None) -> str:
-    chosen = cache_dir or config_value(data_cfg, "cache_dir") or default_cache_dir()
+def _resolve_cache_dir(data: DataConfig, cache_dir: str | None) -> str:
+    chosen = cache_dir or data.cache_dir or default_cache_dir()
     return chosen.rstrip("/") if "://" in chosen else os.path.expanduser(chosen)
 
 
-def build_packed_corpus(data_cfg: Any, tokenizer, *, seq_len: int | None = None,
+def build_packed_corpus(data_cfg: DataConfig | Any, tokenizer, *, seq_len: int | None = None,
                         cache_dir: str | None = None, process_index: int = 0, process_count: int = 1,
                         stop_requested=None) -> PackedCorpus:
     """Tokenized, packed corpus for a data config: from the cache, else built (with progress).
 
+    data_cfg: a DataConfig (read once by the caller), or a config block read into one here.
     process_index/process_count: this process's share of a shared build (cache.load_or_build);
     stop_requested: a callable polled during the build (SIGTERM)."""
     if tokenizer is None:
         raise ValueError("tokenizer is None: load the teacher's with data.load_tokenizer(model_dir)")
-    seq_len = int(seq_len or config_value(data_cfg, "seq_len"))
-    cache_dir = _resolve_cache_dir(data_cfg, cache_dir)
+    data = DataConfig.from_config(data_cfg)
+    cache_dir = _resolve_cache_dir(data, cache_dir)
     # HF datasets' own download cache stays on local disk even when our cache is on gs://.
-    source = make_source(data_cfg, default_cache_dir() if "://" in cache_dir else cache_dir)
-    return load_or_build(source, tokenizer, seq_len=seq_len, cache_dir=cache_dir,
-                         max_documents=int(config_value(data_cfg, "max_documents") or 0),
-                         batch_documents=int(config_value(data_cfg, "tokenize_batch_documents")),
+    source = make_source(data, default_cache_dir() if "://" in cache_dir else cache_dir)
+    return load_or_build(source, tokenizer, seq_len=int(seq_len or data.seq_len), cache_dir=cache_dir,
+                         max_documents=data.max_documents, batch_documents=data.tokenize_batch_documents,
                          process_index=process_index, process_count=process_count,
-                         workers=int(config_value(data_cfg, "build_workers") or 0),
-                         stop_requested=stop_requested)
+                         workers=data.build_workers, stop_requested=stop_requested)
 
 
-def build_train_iterator(data_cfg: Any, tokenizer, *, seq_len: int | None = None,
+def build_train_iterator(data_cfg: DataConfig | Any, tokenizer, *, seq_len: int | None = None,
                          per_host_batch_size: int, process_index: int | None = None,
                          process_count: int | None = None, seed: int = 0,
                          mlm: MlmConfig | None = None, cache_dir: str | None = None,
@@ -108,7 +89,8 @@ def build_train_iterator(data_cfg: Any, tokenizer, *, seq_len: int | None = None
     """This process's iterator of training batches (see the module docstring).
 
     Args:
-      data_cfg: a ConfigDict / dict with the fields of default_data_config() (missing = default).
+      data_cfg: a DataConfig (read once by the caller: DataConfig.from_config), or a ConfigDict /
+        dict with the fields of default_data_config() (missing = default) read into one here.
       tokenizer: the teacher's HF fast tokenizer (load_tokenizer).
       seq_len: overrides data_cfg.seq_len.
       per_host_batch_size: rows per process; the global batch is this times process_count.
@@ -124,15 +106,14 @@ def build_train_iterator(data_cfg: Any, tokenizer, *, seq_len: int | None = None
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    corpus = build_packed_corpus(data_cfg, tokenizer, seq_len=seq_len, cache_dir=cache_dir,
+    data = DataConfig.from_config(data_cfg)
+    corpus = build_packed_corpus(data, tokenizer, seq_len=seq_len, cache_dir=cache_dir,
                                  process_index=process_index, process_count=process_count,
                                  stop_requested=stop_requested)
-    if mlm is not None and not isinstance(mlm, MlmConfig):
+    if mlm is not None:
         mlm = MlmConfig.from_config(mlm)
-    epochs = num_epochs if num_epochs is not None else int(config_value(data_cfg, "num_epochs") or 0)
+    epochs = num_epochs if num_epochs is not None else data.num_epochs
     return BatchIterator(corpus, per_host_batch_size=per_host_batch_size,
                          process_index=process_index, process_count=process_count, seed=seed,
-                         mlm=mlm, num_epochs=epochs or None,
-                         shuffle=bool(config_value(data_cfg, "shuffle")),
-                         segment_ids=bool(config_value(data_cfg, "segment_ids")),
-                         prefetch=int(config_value(data_cfg, "prefetch")))
+                         mlm=mlm, num_epochs=epochs or None, shuffle=data.shuffle,
+                         segment_ids=data.segment_ids, prefetch=data.prefetch)

@@ -1,4 +1,5 @@
-"""The data config schema (`default_data_config`) and the MLM masking config (`MlmConfig`)."""
+"""The data config: its schema and defaults (`DataConfig`, `default_data_config`), read once into a
+DataConfig at the pipeline's boundary, and the MLM masking config (`MlmConfig`)."""
 
 from __future__ import annotations
 
@@ -21,38 +22,17 @@ def default_cache_dir() -> str:
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-    """Defaults for `config.data`; configs override fields (see the package docstring)."""
+    """`config.data` with its defaults (DataConfig's); configs override fields."""
     c = ml_collections.ConfigDict()
-    c.source = "builtin"          # 'builtin' | 'text' | 'wikiextractor' | 'hf' | 'tfds'
-    # text / wikiextractor: files, directories (read recursively) or globs; a list or a
-    # comma-separated string. A typed placeholder (None until set) rather than a bare None, so
-    # `--config.data.paths=/corpus/text` (or "['a', 'b']") overrides it from the command line.
-    c.paths = config_dict.placeholder(object)
-    c.doc_split = "blank_line"    # text (and hf 'text'): 'blank_line' (paragraphs) | 'file' | 'line'
-    # HF datasets: a hub dataset ('wikimedia/wikipedia'; datasets 5 has no script-based loaders)
-    # or a builder for local files ('text', 'json', 'csv', 'parquet', 'arrow') with data_files.
-    c.hf_name = ""
-    c.hf_config = ""              # e.g. '20231101.en' for wikimedia/wikipedia; '' = none
-    c.hf_split = "train"
-    # str, list or dict of local files / globs for the file builders (placeholder: as paths above).
-    c.hf_data_files = config_dict.placeholder(object)
-    c.hf_text_field = "text"
-    c.hf_streaming = False        # True: iterate without downloading the whole split first
-    # tensorflow-datasets: a prepared builder (e.g. 'wikipedia/20230601.en', 'c4/en') in data_dir.
-    c.tfds_name = ""
-    c.tfds_data_dir = ""          # '' = the tfds default (~/tensorflow_datasets); gs:// works
-    c.tfds_split = "train"
-    c.tfds_text_field = "text"
-    c.max_documents = 0           # 0 = all; >0 keeps the first N documents (quick runs, tests)
-    c.seq_len = 128               # packed block length including [CLS] and [SEP]
-    c.cache_dir = ""              # '' = $DISTILL_JAX_CACHE or ~/.cache/distill_jax/data
-    c.segment_ids = False         # also yield segment_ids [b,S] (1.. per document in a block, 0 pad)
-    c.shuffle = True              # False: blocks in corpus order (debugging only)
-    c.num_epochs = 0              # 0 = infinite (each epoch reshuffled by (seed, epoch))
-    c.prefetch = 2                # batches prepared ahead in a background thread (0 = inline)
-    c.tokenize_batch_documents = 256  # documents per batched tokenizer call
-    c.build_workers = 0           # tokenizer processes per host when building the cache; 0 = one per core
-    c.mlm = ml_collections.ConfigDict(dataclasses.asdict(MlmConfig()))
+    for f in dataclasses.fields(DataConfig):
+        if f.name == "mlm":
+            c.mlm = ml_collections.ConfigDict(dataclasses.asdict(MlmConfig()))
+        elif f.name in _ANY_TYPE_FIELDS:
+            # A typed placeholder (None until set) rather than a bare None, so that
+            # `--config.data.paths=/corpus/text` (or "['a', 'b']") overrides it from the command line.
+            c[f.name] = config_dict.placeholder(object)
+        else:
+            c[f.name] = f.default
     return c
 
 
@@ -82,28 +62,114 @@ class MlmConfig:
                 f"{self.random_token_prob}: must be >= 0 and sum to at most 1")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "MlmConfig":
+    def from_config(cls, cfg: Mapping[str, Any] | None, field: str = "data.mlm") -> "MlmConfig":
         """From a ConfigDict / dict with any subset of the fields (unknown keys refused)."""
         if cfg is None:
             return cls()
+        if isinstance(cfg, cls):
+            return cfg
         d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"data.mlm has unknown field(s) {unknown}; known: {sorted(names)}")
+            raise ValueError(f"{field} has unknown field(s) {unknown}; known: {sorted(names)}")
         return cls(**d)
 
 
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
+# Fields whose config value may be of any type (a path, a list, a dict of files), None until set.
+_ANY_TYPE_FIELDS = ("paths", "hf_data_files")
 
 
-def config_value(cfg: Any, name: str) -> Any:
-    """A field of a ConfigDict / dict, falling back to the default schema's value."""
-    default = default_data_config()
-    return _get(cfg, name, default[name] if name in default else None)
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """`config.data` read once: typed and validated (from_config), then handed down the pipeline,
+    source (sources.make_source) -> cache (cache.load_or_build) -> packer -> iterator, without going
+    back to the config. The defaults here are the schema's (default_data_config)."""
+
+    source: str = "builtin"       # 'builtin' | 'text' | 'wikiextractor' | 'hf' | 'tfds'
+    # text / wikiextractor: files, directories (read recursively) or globs; in the config a list or
+    # a comma-separated string (None until set).
+    paths: tuple[str, ...] = ()
+    doc_split: str = "blank_line"  # text (and hf 'text'): 'blank_line' (paragraphs) | 'file' | 'line'
+    # HF datasets: a hub dataset ('wikimedia/wikipedia'; datasets 5 has no script-based loaders)
+    # or a builder for local files ('text', 'json', 'csv', 'parquet', 'arrow') with data_files.
+    hf_name: str = ""
+    hf_config: str = ""           # e.g. '20231101.en' for wikimedia/wikipedia; '' = none
+    hf_split: str = "train"
+    hf_data_files: Any = None     # str, list or dict of local files / globs for the file builders
+    hf_text_field: str = "text"
+    hf_streaming: bool = False    # True: iterate without downloading the whole split first
+    # tensorflow-datasets: a prepared builder (e.g. 'wikipedia/20230601.en', 'c4/en') in data_dir.
+    tfds_name: str = ""
+    tfds_data_dir: str = ""       # '' = the tfds default (~/tensorflow_datasets); gs:// works
+    tfds_split: str = "train"
+    tfds_text_field: str = "text"
+    max_documents: int = 0        # 0 = all; >0 keeps the first N documents (quick runs, tests)
+    seq_len: int = 128            # packed block length including [CLS] and [SEP]
+    cache_dir: str = ""           # '' = $DISTILL_JAX_CACHE or ~/.cache/distill_jax/data
+    segment_ids: bool = False     # also yield segment_ids [b,S] (1.. per document in a block, 0 pad)
+    shuffle: bool = True          # False: blocks in corpus order (debugging only)
+    num_epochs: int = 0           # 0 = infinite (each epoch reshuffled by (seed, epoch))
+    prefetch: int = 2             # batches prepared ahead in a background thread (0 = inline)
+    tokenize_batch_documents: int = 256  # documents per batched tokenizer call
+    build_workers: int = 0        # tokenizer processes per host when building the cache; 0 = one per core
+    mlm: MlmConfig = MlmConfig()  # used only when the trainer asks for masking
+
+    @classmethod
+    def from_config(cls, cfg: Any, field: str = "data") -> "DataConfig":
+        """From a ConfigDict / dict with any subset of the fields (missing = default; a DataConfig
+        passes through). A bad value is a one-line ValueError naming --config.<field>.<name>."""
+        if isinstance(cfg, cls):
+            return cfg
+        raw = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg or {})
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise ValueError(f"--config.{field} has unknown field(s) {unknown}; known: {names}")
+        name_of = lambda n: f"--config.{field}.{n}"  # noqa: E731
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = raw.get(f.name, None if f.name in _ANY_TYPE_FIELDS else f.default)
+            if f.name == "paths":
+                value = tuple(as_path_list(value, name_of("paths")))
+            elif f.name == "mlm":
+                value = MlmConfig.from_config(value, f"{field}.mlm")
+            elif f.type == "bool":
+                value = bool(value)
+            elif f.type == "int":
+                if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                    raise ValueError(f"{name_of(f.name)}={value!r}: must be an integer")
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise ValueError(f"{name_of(f.name)}={value!r}: must be an integer") from None
+                if value < 0:
+                    raise ValueError(f"{name_of(f.name)}={value}: must be >= 0"
+                                     + (" (0 = all)" if f.name == "max_documents" else ""))
+            elif f.type == "str":
+                value = "" if value is None else str(value)
+            values[f.name] = value
+        data = cls(**values)
+        data._check(name_of)
+        return data
+
+    def _check(self, name_of) -> None:
+        if self.source not in SOURCE_KINDS:
+            raise ValueError(f"{name_of('source')}={self.source!r}: must be one of {', '.join(SOURCE_KINDS)}")
+        if self.source in ("text", "wikiextractor") and not self.paths:
+            raise ValueError(f"{name_of('source')}={self.source!r} needs {name_of('paths')} (files, directories "
+                             "or globs)")
+        if self.source in ("text", "hf") and self.doc_split not in DOC_SPLITS:
+            raise ValueError(f"{name_of('doc_split')}={self.doc_split!r}: must be one of {', '.join(DOC_SPLITS)}")
+        if self.source == "hf" and not self.hf_name:
+            raise ValueError(f"{name_of('source')}='hf' needs {name_of('hf_name')} (a hub dataset, or "
+                             f"'text'/'json'/'parquet'/'arrow' with {name_of('hf_data_files')})")
+        if self.source == "tfds" and not self.tfds_name:
+            raise ValueError(f"{name_of('source')}='tfds' needs {name_of('tfds_name')} (e.g. 'wikipedia/20230601.en')")
+        if self.seq_len < 3:
+            raise ValueError(f"{name_of('seq_len')}={self.seq_len}: must be >= 3 ([CLS], a token, [SEP])")
+        if self.tokenize_batch_documents < 1:
+            raise ValueError(f"{name_of('tokenize_batch_documents')}={self.tokenize_batch_documents}: must be >= 1")
 
 
 def as_path_list(paths: Any, field: str = "data.paths") -> list[str]:
@@ -117,21 +183,7 @@ def as_path_list(paths: Any, field: str = "data.paths") -> list[str]:
     raise ValueError(f"{field}={paths!r}: expected a path, a comma-separated string or a list")
 
 
-def validate_data_config(cfg: Any) -> None:
-    """One-line ValueErrors naming the field, before any file is touched."""
-    source = config_value(cfg, "source")
-    if source not in SOURCE_KINDS:
-        raise ValueError(f"data.source={source!r}: must be one of {', '.join(SOURCE_KINDS)}")
-    if source in ("text", "wikiextractor") and not as_path_list(config_value(cfg, "paths")):
-        raise ValueError(f"data.source={source!r} needs data.paths (files, directories or globs)")
-    if source in ("text", "hf") and config_value(cfg, "doc_split") not in DOC_SPLITS:
-        raise ValueError(f"data.doc_split={config_value(cfg, 'doc_split')!r}: must be one of "
-                         f"{', '.join(DOC_SPLITS)}")
-    if source == "hf" and not config_value(cfg, "hf_name"):
-        raise ValueError("data.source='hf' needs data.hf_name (a hub dataset, or 'text'/'json'/"
-                         "'parquet'/'arrow' with data.hf_data_files)")
-    if source == "tfds" and not config_value(cfg, "tfds_name"):
-        raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'wikipedia/20230601.en')")
-    max_docs = config_value(cfg, "max_documents")
-    if max_docs is None or int(max_docs) < 0:
-        raise ValueError(f"data.max_documents={max_docs}: must be >= 0 (0 = all)")
+def validate_data_config(cfg: Any, field: str = "data") -> DataConfig:
+    """config.data (or another data block, e.g. field='eval_data') read once: the DataConfig, or a
+    one-line ValueError naming the field, before any file is touched."""
+    return DataConfig.from_config(cfg, field)

@@ -16,6 +16,7 @@ is `config.data` (or `config.distill.data` for the study). Prints the entry and 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -60,23 +61,22 @@ def prepare(config, *, cache_dir: str | None = None, workers: int | None = None,
 
     if not 0 <= process_index < process_count:
         raise ValueError(f"--process_index={process_index} must be in [0, --process_count={process_count})")
-    data_cfg = data_config_of(config)
+    data = data_lib.DataConfig.from_config(data_config_of(config))  # read once, handed to the build
     if workers is not None:
-        data_cfg.build_workers = int(workers)
-    data_lib.validate_data_config(data_cfg)
+        data = dataclasses.replace(data, build_workers=int(workers))
     teacher = teacher_of(config)
     teacher_dir = str(resolve_model_dir(teacher))
     tokenizer = data_lib.load_tokenizer(teacher_dir)
     stop = _StopOnSigterm()
     t0 = time.time()
-    corpus = data_lib.build_packed_corpus(data_cfg, tokenizer, cache_dir=cache_dir,
+    corpus = data_lib.build_packed_corpus(data, tokenizer, cache_dir=cache_dir,
                                           process_index=process_index, process_count=process_count,
                                           stop_requested=stop)
     meta = corpus.meta
     print(f"[prepare] {corpus.path}: {meta['num_documents']:,} documents, {meta['text_tokens']:,} "
           f"tokens, {corpus.num_blocks:,} blocks of {corpus.seq_len}, {len(meta['shard_files'])} "
           f"shard(s); {time.time() - t0:.1f} s", flush=True)
-    root = cache_dir or data_cfg.get("cache_dir") or ""
+    root = cache_dir or data.cache_dir
     if root:
         print(f"[prepare] train with: --config.data.cache_dir={root}", flush=True)
     return corpus

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from distill_jax.data import builtin_corpus
-from distill_jax.data.config import as_path_list, config_value, validate_data_config
+from distill_jax.data.config import DataConfig, as_path_list
 
 _REPLACEMENT_BYTES = "\ufffd".encode("utf-8")
 # File sources: at most this many shards (enough to keep every core of a pod's hosts busy: a
@@ -444,23 +444,17 @@ def group_by_size(items: list[str], sizes: list[int], max_groups: int, min_bytes
     return groups
 
 
-def make_source(data_cfg: Any, cache_dir: str | None = None) -> Source:
-    """The Source a data config names (validates the config first)."""
-    validate_data_config(data_cfg)
-    kind = config_value(data_cfg, "source")
-    if kind == "builtin":
+def make_source(data: DataConfig | Any, cache_dir: str | None = None) -> Source:
+    """The Source a data config names (a DataConfig, or a config block read into one here)."""
+    data = DataConfig.from_config(data)
+    if data.source == "builtin":
         return BuiltinSource()
-    if kind == "text":
-        return TextSource(as_path_list(config_value(data_cfg, "paths")),
-                          config_value(data_cfg, "doc_split"))
-    if kind == "wikiextractor":
-        return WikiExtractorSource(as_path_list(config_value(data_cfg, "paths")))
-    if kind == "hf":
+    if data.source == "text":
+        return TextSource(list(data.paths), data.doc_split)
+    if data.source == "wikiextractor":
+        return WikiExtractorSource(list(data.paths))
+    if data.source == "hf":
         hf_cache = os.path.join(cache_dir, "hf_datasets") if cache_dir else None
-        return HFSource(config_value(data_cfg, "hf_name"), config_value(data_cfg, "hf_config"),
-                        config_value(data_cfg, "hf_split"), config_value(data_cfg, "hf_data_files"),
-                        config_value(data_cfg, "hf_text_field"),
-                        bool(config_value(data_cfg, "hf_streaming")), hf_cache,
-                        config_value(data_cfg, "doc_split"))
-    return TfdsSource(config_value(data_cfg, "tfds_name"), config_value(data_cfg, "tfds_data_dir"),
-                      config_value(data_cfg, "tfds_split"), config_value(data_cfg, "tfds_text_field"))
+        return HFSource(data.hf_name, data.hf_config, data.hf_split, data.hf_data_files, data.hf_text_field,
+                        data.hf_streaming, hf_cache, data.doc_split)
+    return TfdsSource(data.tfds_name, data.tfds_data_dir, data.tfds_split, data.tfds_text_field)
