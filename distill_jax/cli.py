@@ -28,7 +28,7 @@ from distill_jax.extras import import_needing_extra  # noqa: E402
 # config.mode -> "module:function", called as function(config, workdir): the modes the wheel ships.
 # A checkout's main.py adds its own (the study: studies/ is not in the wheel).
 MODES = {
-    "distill": "distill_jax.train:train_and_evaluate",
+    "distill": "distill_jax.train:run_training",
     "glue": "distill_jax.evaluate:run_from_config",
     "fit_mlm_head": "distill_jax.mlm_head:fit_mlm_head",
 }
