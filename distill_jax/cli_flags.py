@@ -59,14 +59,15 @@ def config_field_paths(config) -> list[str]:
 
 def unknown_override_message(argv: list[str]) -> str | None:
     """The one-line message for the first `--config.<field>` that the config does not have."""
-    config_args = [a for a in argv[1:] if a.startswith(("--config=", "-config="))]
-    if not config_args:
+    spec = config_spec(argv)
+    if spec is None:
         return None
+    config_only = [argv[0], f"--config={spec}"]
     probe = flags.FlagValues()  # the config alone, without the overrides that failed
     config_flags.DEFINE_config_file("config", None, "", flag_values=probe, lock_config=True,
-                                    sys_argv=[argv[0], config_args[-1]])
+                                    sys_argv=config_only)
     try:
-        probe([argv[0], config_args[-1]])
+        probe(config_only)
         known = config_field_paths(probe.config)
     except Exception:  # the file itself is broken: let the original error speak
         return None
