@@ -4,7 +4,8 @@ progress with ETA, and MFU.
 Scalar names written to TensorBoard (tags; float32 `simple_value`s, so TensorBoard's
 `EventAccumulator(<workdir>/tensorboard).Scalars(tag)` and tbparse's `.scalars` read them):
   loss                 total objective (weighted sum of the terms)
-  loss/<term>          every objective term on its own (e.g. loss/minilmv2_qq, loss/hs)
+  loss/<term>          every objective term on its own (e.g. loss/minilmv2, loss/hs)
+  loss/<term>/<part>   the parts of a term that has several (e.g. loss/minilmv2/qq, /kk, /vv)
   learning_rate, grad_norm (before clipping)
   perf/steps_per_sec, perf/tokens_per_sec (global batch tokens incl. padding), perf/mfu (0..1)
 """

@@ -1,4 +1,4 @@
-"""The distillation trainer: `train_and_evaluate(config, workdir)`, in commented phases.
+"""The distillation trainer: `run_training(config, workdir)`, in commented phases.
 
   0. one writer per workdir (<workdir>/LOCK, distill_jax/workdir_lock.py) and one config per
      workdir (a resume that changes what the checkpoints mean is refused: distill_jax/run_config.py)
@@ -77,15 +77,15 @@ def host_params(params: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class RunResult:
-    """What train_and_evaluate returns (also written to summary.json, as `summary`)."""
+class TrainingResult:
+    """What run_training returns (also written to summary.json, as `summary`)."""
     final_step: int
     final_metrics: dict       # the last step's exact values (loss, loss/<term>, grad_norm, lr)
     preempted: bool
     summary: dict
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+def run_training(config: ml_collections.ConfigDict, workdir: str) -> TrainingResult:
     """Distils config.teacher into a student as config says; checkpoints/logs/exports in workdir."""
     config = ml_collections.ConfigDict(config)  # never mutate the caller's config
     workdir = workdir.rstrip("/") if "://" in workdir else os.path.abspath(workdir)
@@ -130,7 +130,7 @@ def data_cache_dir(config, workdir: str) -> str | None:
     return None
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config: dict | None) -> RunResult:
+def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config: dict | None) -> TrainingResult:
     from distill_jax import models
     from distill_jax.models.hf_io import read_hf_config
 
@@ -358,7 +358,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
                 plot_loss_curves(history, f"{local}/loss_curves.png",
                                  title=f"{config.teacher.name} -> {student_cfg.num_layers}x{student_cfg.hidden_size}")
         log(f"summary written to {workdir}/summary.json")
-    return RunResult(final_step=step, final_metrics=last_metrics or {}, preempted=preempted,
+    return TrainingResult(final_step=step, final_metrics=last_metrics or {}, preempted=preempted,
                      summary=summary)
 
 

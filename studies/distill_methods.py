@@ -1,7 +1,7 @@
 """The distillation-methods study: `run_study(config, workdir)` for configs/study.py.
 
 For every method of config.methods, in order:
-  1. distil: `distill_jax.train.train_and_evaluate` into <workdir>/distill/<method>/ (checkpoints
+  1. distil: `distill_jax.train.run_training` into <workdir>/distill/<method>/ (checkpoints
      there; a rerun resumes), exporting the student to .../export. Two reference rows distil
      nothing: 'none' exports the student shape at a random init drawn with the study's seed,
      'teacher' is the teacher's own directory. An OD method on a teacher
@@ -298,7 +298,7 @@ def _portable_record(record: dict) -> dict:
 def _distil(config, method: str, workdir: str, teacher_dir: str, fingerprint: str) -> dict:
     """Runs (or resumes) the method's distillation; returns its record."""
     from distill_jax.metrics import host_description
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     run_dir = os.path.join(workdir, "distill", method)
     cfg = ml_collections.ConfigDict(config.distill.to_dict())
@@ -307,7 +307,7 @@ def _distil(config, method: str, workdir: str, teacher_dir: str, fingerprint: st
     log(f"{method}: distilling {cfg.total_steps} steps of {cfg.batch_size} x {cfg.data.seq_len} "
         f"into {run_dir} (resumes from its checkpoints)")
     with Stage() as stage:
-        result = train_and_evaluate(cfg, run_dir)
+        result = run_training(cfg, run_dir)
     _ledger_add(workdir, {"method": method, "stage": "distill", "cpu_s": stage.cpu_s, "wall_s": stage.wall_s,
                           "steps": result.summary["steps"]["this_run"]})
     if result.preempted:

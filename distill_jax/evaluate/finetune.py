@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from distill_jax import sharding as shd
-from distill_jax.evaluate import encode, metrics
+from distill_jax.evaluate import encode, glue_metrics
 from distill_jax.evaluate.tasks import TaskSpec, task_score
 
 
@@ -138,7 +138,7 @@ def evaluate_splits(steps: StepFunctions, params, spec: TaskSpec, dev: dict[str,
     for name, split in dev.items():
         outputs = predict(steps, params, split, int(recipe.eval_batch_size), int(recipe.max_len),
                           int(recipe.pad_multiple))
-        result[name] = metrics.compute_metrics(spec.metrics, outputs, split.labels, spec.is_regression)
+        result[name] = glue_metrics.compute_metrics(spec.metrics, outputs, split.labels, spec.is_regression)
     return result
 
 
