@@ -1,6 +1,6 @@
 """The wheel, as a user of our losses installs it: built from this checkout, installed with its core
 dependencies only (jax, numpy) into a fresh virtual environment without system site-packages, it
-runs the README's "Using the losses in your own JAX project" example and imports neither flax nor
+runs docs/losses.md's "Using the losses in your own JAX project" example and imports neither flax nor
 TensorFlow nor torch. Its metadata are the requirements/*.txt files (one place for every pin), and
 the `distill-jax` command runs a packaged recipe without a checkout."""
 
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from readme_blocks import python_example
-from test_losses_readme import SECTION
+from test_losses_doc import losses_example
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("flax", "tensorflow", "torch", "transformers", "optax", "orbax")
@@ -95,7 +94,7 @@ def test_wheel_holds_the_package_and_recipes_and_its_metadata_are_the_requiremen
 
 
 @pytest.mark.slow
-def test_core_install_in_a_fresh_venv_runs_the_readme_losses_example(wheel, tmp_path):
+def test_core_install_in_a_fresh_venv_runs_the_documented_losses_example(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
@@ -114,7 +113,7 @@ def test_core_install_in_a_fresh_venv_runs_the_readme_losses_example(wheel, tmp_
     assert (venv / "bin" / "distill-jax").is_file()
 
     example = tmp_path / "losses_example.py"
-    example.write_text(python_example(SECTION) + (
+    example.write_text(losses_example() + (
         "\nimport json, sys\n"
         f"print('HEAVY=' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r})))\n"
         "import distill_jax\nprint('FROM=' + distill_jax.__file__)\n"))
