@@ -95,7 +95,7 @@ def test_every_field_of_every_recipe_is_settable_from_the_command_line(spec):
 
 
 def test_a_user_corpus_from_the_command_line():
-    """The README's data-source table, used without writing a config file."""
+    """docs/data.md's data-source table, used without writing a config file."""
     c = parse(["prog", f"--config={REPO}/configs/quickstart.py", "--config.data.source=wikiextractor",
                "--config.data.paths=/corpus/a,/corpus/b"])
     from distill_jax.data.config import as_path_list, validate_data_config

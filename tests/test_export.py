@@ -156,15 +156,16 @@ def test_a_gs_export_is_copied_then_marked_complete(tmp_path):
 
 
 def test_the_documented_push_command_matches_the_installed_hf_cli():
-    """README's `hf upload <user>/<repo-name> <export>`: huggingface_hub's CLI takes REPO_ID then
+    """docs/export.md's `hf upload <user>/<repo-name> <export>`: huggingface_hub's CLI takes REPO_ID then
     LOCAL_PATH (checked offline against its own usage line; the upload itself needs the hub)."""
     import re
     import shutil
     import subprocess
     import sys
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    documented = re.search(r"^hf upload (\S+) (\S+)", readme, re.MULTILINE)
+    from doc_blocks import page_text
+
+    documented = re.search(r"^hf upload (\S+) (\S+)", page_text("docs/export.md"), re.MULTILINE)
     assert documented and documented.group(1) == "<user>/<repo-name>"
     assert documented.group(2).endswith("/export")
     hf = shutil.which("hf") or str(Path(sys.executable).parent / "hf")  # the venv's own

@@ -1,6 +1,6 @@
 """The wheel, as a user of our losses installs it: built from this checkout, installed with its core
 dependencies only (jax, numpy) into a fresh virtual environment without system site-packages, it
-runs the README's "Using the losses in your own JAX project" example and imports neither flax nor
+runs docs/losses.md's "Using the losses in your own JAX project" example and imports neither flax nor
 TensorFlow nor torch; its `distill-jax` names the [train] extra it lacks in one line. Its metadata
 are the requirements/*.txt files (one place for every pin), and the `distill-jax` command runs a
 packaged recipe without a checkout and lists only the recipes it can run."""
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from readme_blocks import python_example
-from test_losses_readme import SECTION
+from test_losses_doc import losses_example
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("flax", "tensorflow", "torch", "transformers", "optax", "orbax")
@@ -96,7 +95,7 @@ def test_wheel_holds_the_package_and_recipes_and_its_metadata_are_the_requiremen
 
 
 @pytest.mark.slow
-def test_core_install_in_a_fresh_venv_runs_the_readme_losses_example(wheel, tmp_path):
+def test_core_install_in_a_fresh_venv_runs_the_documented_losses_example(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
@@ -124,7 +123,7 @@ def test_core_install_in_a_fresh_venv_runs_the_readme_losses_example(wheel, tmp_
     assert proc.returncode == 0 and proc.stdout.startswith("distill_jax "), proc.stderr
 
     example = tmp_path / "losses_example.py"
-    example.write_text(python_example(SECTION) + (
+    example.write_text(losses_example() + (
         "\nimport json, sys\n"
         f"print('HEAVY=' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r})))\n"
         "import distill_jax\nprint('FROM=' + distill_jax.__file__)\n"))

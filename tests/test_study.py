@@ -249,7 +249,7 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
     """docs/study/records were written by the CPU study over several sessions (docs/study_4000 by
     the same study at twice the budget); a config field added since (an operational one left out
     of _OPERATIONAL_FIELDS, a changed default) would change the methods' fingerprints, and the
-    README's command would then refuse the study's own workdir or redo every finished run. Each
+    documented command would then refuse the study's own workdir or redo every finished run. Each
     distillation record's fingerprint is recomputed from the shipped preset, and every
     fine-tuning record must be one the driver skips."""
     import importlib.util
@@ -291,7 +291,7 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
             assert not _zero_shot_missing(config, method, fingerprint, records_dir), zero_shot.name
 
 
-def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(tmp_path):
+def test_write_docs_copies_the_table_and_the_measured_cost_between_the_page_markers(tmp_path):
     from studies import write_docs
 
     report = tmp_path / "docs" / "study"
@@ -307,13 +307,14 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
             {"method": "none", "steps": 0, "tokens": 0, "cpu_s": 3.0, "wall_s": 4.0, "fingerprint": "g"}]
     for i, record in enumerate(runs):
         (report / "records" / f"{i}.json").write_text(json.dumps(record))
-    readme, notes = tmp_path / "README.md", tmp_path / "BUILD_NOTES.md"
-    readme.write_text("intro\n<!-- study-table -->\nold\n<!-- /study-table -->\nafter\n")
-    notes.write_text("a\n<!-- study-cost -->\nold\n<!-- /study-cost -->\nb\n")
-    write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
-    assert readme.read_text() == ("intro\n<!-- study-table -->\n| model | SST-2 acc |\n|---|---:|\n| x | 70.0 |\n\n"
-                                  "![study chart](docs/study/study_results.png)\n<!-- /study-table -->\nafter\n")
-    text = notes.read_text()
+    page = tmp_path / "docs" / "results" / "study.md"   # the chart is linked relative to the page
+    page.parent.mkdir(parents=True)
+    page.write_text("intro\n<!-- study-table -->\nold\n<!-- /study-table -->\nafter\n"
+                    "<!-- study-cost -->\nold\n<!-- /study-cost -->\nb\n")
+    write_docs.main([f"--report_dir={report}", f"--page={page}"])
+    text = page.read_text()
+    assert text.startswith("intro\n<!-- study-table -->\n| model | SST-2 acc |\n|---|---:|\n| x | 70.0 |\n\n"
+                           "![study chart](../study/study_results.png)\n<!-- /study-table -->\nafter\n")
     assert "| hs_last | sst2 | 2 | 2.0 | 3.0 |" in text  # (60 + 180) / 2 s = 2 CPU-min, (120 + 240) / 2 = 3 wall
     assert "- distillation `hs_last`: 2000 steps, 4.10 M tokens, 60.0 CPU-min over 2 recorded segment(s), 75.0 wall-min." in text
     # 1500 s over 750 of 2000 steps: 66.7 CPU-min for all of them, 53.3 wall-min
@@ -321,10 +322,11 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
             "wall-min on AMD EPYC (float32 peak measured at its start 0.37 TFLOP/s) (scaled from the 750 steps timed: "
             "25.0 CPU-min measured;") in text
     assert "`none`" not in text  # a reference row has no distillation
-    assert "- records: 2 fine-tuning runs of 90, 2 distillations of 8.\n<!-- /study-cost -->\nb\n" in text
-    notes.write_text("no markers\n")
+    assert text.endswith("- records: 2 fine-tuning runs of 90, 2 distillations of 8.\n<!-- /study-cost -->\nb\n")
+    page.write_text("<!-- study-table -->\n<!-- /study-table -->\nno cost markers\n")
     with pytest.raises(ValueError, match="markers <!-- study-cost --> ... <!-- /study-cost --> not found"):
-        write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
+        write_docs.main([f"--report_dir={report}", f"--page={page}"])
+    assert page.read_text() == "<!-- study-table -->\n<!-- /study-table -->\nno cost markers\n"  # untouched
 
 
 def _budget_dir(root, tokens, scores, loss):
@@ -361,20 +363,20 @@ def test_write_docs_budget_block_puts_each_method_beside_itself_at_the_other_bud
                      "| MiniLMv2, 8.2 M tokens | 79.0 (78.0–80.0) | 79.0 |\n\n"
                      "- `hs`: last logged distillation loss 0.1000 at 4.1 M, 0.0800 at 8.2 M.\n"
                      "- `mv2`: last logged distillation loss 0.3056 at 4.1 M, 0.2500 at 8.2 M.")
-    readme, notes = tmp_path / "README.md", tmp_path / "BUILD_NOTES.md"
+    page = tmp_path / "study.md"
     (small / "study_results.md").write_text("| t |\n")
-    readme.write_text("<!-- study-table -->\n<!-- /study-table -->\n<!-- study-budget -->\nold\n<!-- /study-budget -->\n")
-    notes.write_text("<!-- study-cost -->\n<!-- /study-cost -->\n")
-    args = [f"--report_dir={small}", f"--readme={readme}", f"--build_notes={notes}", f"--budget_dirs={large}"]
+    markers = "<!-- study-table -->\n<!-- /study-table -->\n<!-- study-cost -->\n<!-- /study-cost -->\n"
+    page.write_text(markers + "<!-- study-budget -->\nold\n<!-- /study-budget -->\n")
+    args = [f"--report_dir={small}", f"--page={page}", f"--budget_dirs={large}"]
     write_docs.main(args)
-    assert f"<!-- study-budget -->\n{block}\n<!-- /study-budget -->" in readme.read_text()
-    # Another study (other tasks) in --budget_dirs is one error, and no file is written.
+    assert f"<!-- study-budget -->\n{block}\n<!-- /study-budget -->" in page.read_text()
+    # Another study (other tasks) in --budget_dirs is one error, and the page is not written.
     data = json.loads((large / "study_results.json").read_text())
     (large / "study_results.json").write_text(json.dumps(data | {"tasks": ["cola"]}))
-    readme.write_text("<!-- study-table -->\n<!-- /study-table -->\n")
+    page.write_text(markers)
     with pytest.raises(ValueError, match="study_4000: tasks .* differ from .*--budget_dirs must hold the same"):
         write_docs.main(args)
-    assert readme.read_text() == "<!-- study-table -->\n<!-- /study-table -->\n"
+    assert page.read_text() == markers
 
 
 def test_compute_table_scales_a_distillation_whose_first_segment_went_untimed():
@@ -475,7 +477,8 @@ def test_committed_records_and_docs_name_models_and_data_portably():
     config = study.get_config("preset=cpu")
     assert portable_model_spec(config, "teacher") == "sentence-transformers/all-MiniLM-L6-v2"
     assert portable_model_spec(config, "od") == "distill/od/export"
-    files = [p for p in (repo / "docs").rglob("*") if p.suffix in (".json", ".md", ".csv")] + [repo / "README.md"]
+    files = ([p for p in (repo / "docs").rglob("*") if p.suffix in (".json", ".md", ".csv")]
+             + [repo / "README.md", repo / "BUILD_NOTES.md"])
     for path in files:
         text = path.read_text()
         for bad in ('"/root/', '"/home/', '"/work/', "(/work/", "(/root/"):

@@ -194,7 +194,7 @@ def test_tensorboard_events_hold_the_logged_values(run_8dev):
     workdir = Path(run_8dev.summary["workdir"])
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
     acc = EventAccumulator(str(workdir / "tensorboard"))
-    acc.Reload()  # the documented way (README): Scalars(tag) -> [(wall_time, step, value)]
+    acc.Reload()  # the documented way (docs/configs.md): Scalars(tag) -> [(wall_time, step, value)]
     seen = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
     for tag in ("loss", "loss/minilmv2", "loss/minilmv2/qq", "loss/hs", "learning_rate", "grad_norm",
                 "perf/steps_per_sec", "perf/tokens_per_sec", "perf/mfu"):
