@@ -90,8 +90,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="", help="comma list of recipe modules (default: all)")
     p.add_argument("--json", default="", help="also write every plan's figures here")
-    p.add_argument("--write_doc", action="store_true",
-                   help="replace the table between the plan-table markers of docs/results/plan.md")
+    p.add_argument("--write_doc", "--write_readme", action="store_true", dest="write_doc",
+                   help="replace the table between the plan-table markers of docs/results/plan.md "
+                        "(--write_readme: its name from when the table lived in README.md)")
     args = p.parse_args(argv)
 
     from distill_jax import plan
