@@ -388,6 +388,7 @@ def plan_config(config, topo: Topology, devices: list | None = None, *, teacher_
 
     from distill_jax import metrics as metrics_lib
     from distill_jax import train_setup
+    from distill_jax.memory import memory_bytes, tree_bytes_per_device
 
     config = ml_collections.ConfigDict(config)
     train_setup.check_config(config)
@@ -401,14 +402,14 @@ def plan_config(config, topo: Topology, devices: list | None = None, *, teacher_
     usable = usable_hbm_bytes(devices[0]) if chip is not None else None
     batch = setup.batch_spec()
     per_chip = {
-        "student_params": train_setup.tree_bytes_per_device(
+        "student_params": tree_bytes_per_device(
             setup.state["params"]["student"], setup.state_shardings["params"]["student"]),
-        "aux_params": train_setup.tree_bytes_per_device(
+        "aux_params": tree_bytes_per_device(
             setup.state["params"]["aux"], setup.state_shardings["params"]["aux"]),
-        "teacher_params": train_setup.tree_bytes_per_device(setup.teacher_params, setup.teacher_shardings),
-        "optimizer_state": train_setup.tree_bytes_per_device(
+        "teacher_params": tree_bytes_per_device(setup.teacher_params, setup.teacher_shardings),
+        "optimizer_state": tree_bytes_per_device(
             setup.state["opt_state"], setup.state_shardings["opt_state"]),
-        "batch": train_setup.tree_bytes_per_device(batch, {k: v.sharding for k, v in batch.items()}),
+        "batch": tree_bytes_per_device(batch, {k: v.sharding for k, v in batch.items()}),
     }
     flops = setup.step_flops()
     peak = metrics_lib.device_peak_flops(devices[0]) if topo.platform == "tpu" else None
@@ -435,7 +436,7 @@ def plan_config(config, topo: Topology, devices: list | None = None, *, teacher_
         result.update(compile_s=time.time() - t0, fits=False, out_of_memory=parse_out_of_memory(str(exc)))
         return result
     result["compile_s"] = time.time() - t0
-    memory = train_setup.memory_bytes(compiled)
+    memory = memory_bytes(compiled)
     result["memory"] = memory
     if memory is not None:
         per_chip["temporaries"] = memory["temporaries"]

@@ -50,6 +50,7 @@ from distill_jax import metrics as metrics_lib
 from distill_jax import sharding, train_setup
 from distill_jax.evaluate import during_training  # config.eval: scores logged with the losses
 from distill_jax.atomic import write_atomic
+from distill_jax.memory import memory_bytes
 from distill_jax.train_setup import abstract_like as _abstract
 from distill_jax.workdir_lock import WorkdirLock
 
@@ -190,7 +191,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     t0 = time.time()
     compiled = stop.run("the compile", lambda: setup.lower().compile())
     compile_s = time.time() - t0
-    memory = train_setup.memory_bytes(compiled)
+    memory = memory_bytes(compiled)
     log(f"step compiled in {compile_s:.1f}s{_memory_line(memory)}"
         + (f"; compilation cache {compilation_cache}" if compilation_cache else ""))
 
@@ -371,7 +372,7 @@ def _use_compilation_cache(directory: str | None) -> None:
 
 
 def _memory_line(memory: dict | None) -> str:
-    """The compiled step's per-device memory (train_setup.memory_bytes), when the backend reports it."""
+    """The compiled step's per-device memory (distill_jax/memory.py), when the backend reports it."""
     if memory is None:
         return ""
     return "; per-device memory " + ", ".join(
