@@ -39,7 +39,7 @@ MODES = {
     "distill": "distill_jax.train:train_and_evaluate",
     "glue": "distill_jax.evaluate:run_from_config",
     "fit_mlm_head": "distill_jax.mlm_head:fit_mlm_head",
-    "study": "studies.distill_methods:run_study",   # repository-level (a checkout), not in the wheel
+    "study": "studies.driver:run_study",   # repository-level (a checkout), not in the wheel
 }
 
 FLAGS = flags.FLAGS
