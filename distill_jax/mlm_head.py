@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distill_jax import sharding
+from distill_jax import loop, sharding
 
 HEAD = "mlm_head"   # the Encoder attribute holding the head's parameters
 
@@ -207,29 +207,35 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"{config.eval_data.seq_len}")
         before = evaluate(eval_step, state["head"], frozen, eval_batches, mesh)
         log(f"before: masked-token accuracy {before['accuracy']:.2f}%, perplexity {before['perplexity']:.1f}")
-    history = list(meta.get("history", []))
+    history = list(meta.get("history", []))   # loop.history_row rows, resumed with the checkpoint
     step = int(jax.device_get(state["step"]))
     head, opt_state = state["head"], state["opt_state"]
-    loop_start, steps_this_run, pending = time.time(), 0, []
+    progress = loop.Progress(config.total_steps, step)
+    pending, unlogged = [], []   # device metrics not fetched yet; fetched host metrics not logged yet
+    hint = "lower --config.optim.learning_rate (the checkpoints predate it)"
     while step < config.total_steps:
         batch = sharding.global_batch_from_local(next(train_it), mesh)
         head, opt_state, metrics = train_step(head, opt_state, frozen, batch)
         step += 1
-        steps_this_run += 1
         pending.append(metrics)
-        if step % config.log_every == 0 or step == config.total_steps:
-            values = jax.device_get(pending)
-            pending = []
-            row = {"step": step, "loss": float(np.mean([v["loss"] for v in values])),
-                   "accuracy": 100.0 * float(np.mean([v["accuracy"] for v in values]))}
-            if not np.isfinite(row["loss"]):
-                raise FloatingPointError(f"non-finite MLM loss at step {step}; lower optim.learning_rate")
+        log_now = loop.log_due(step, config.log_every, config.total_steps)
+        save_now = step % config.checkpoint_every == 0 or step == config.total_steps
+        if log_now or save_now:
+            # Every fetched step is checked before anything is logged or saved.
+            fetched, pending = jax.device_get(pending), []
+            for index, v in enumerate(fetched):
+                loop.check_finite(step - len(fetched) + index + 1, {"loss": v["loss"], "grad_norm": v["grad_norm"]},
+                                  hint=hint, run="the MLM-head fit")
+            unlogged += fetched
+        if log_now:
+            row = loop.history_row(step, {"loss": float(np.mean([v["loss"] for v in unlogged])),
+                                          "accuracy": 100.0 * float(np.mean([v["accuracy"] for v in unlogged]))})
+            unlogged = []
             history.append(row)
-            rate = steps_this_run / max(time.time() - loop_start, 1e-9)
-            eta = (config.total_steps - step) / max(rate, 1e-9)
-            log(f"step {step}/{config.total_steps} | loss {row['loss']:.3f} | masked acc {row['accuracy']:.1f}% | "
-                f"{rate:.2f} steps/s | ETA {eta / 60:.1f} min")
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
+            log(loop.progress_line(step, config.total_steps, [f"loss {row['loss']:.3f}",
+                                                              f"masked acc {row['accuracy']:.1f}%"],
+                                   progress.report(step)))
+        if save_now:
             state = {"step": jnp.asarray(step, jnp.int32), "head": head, "opt_state": opt_state}
             checkpointer.save(step, state, train_it.get_state(), {"before": before, "history": history})
     checkpointer.close()
