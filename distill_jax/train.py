@@ -154,9 +154,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop, stored_config:
     # 5. Compile ahead of time from the abstract batch, before any data work.
     compiled, compile_s, memory = _compile(setup, stop, compilation_cache)
 
-    # 6. Data: this host's rows of every global batch; config.eval's scorer.
-    data_iter = _data_iterator(config, workdir, setup, teacher_dir, stop)
+    # 6. config.eval's scorer (its files read before the data build), the data: this host's rows
+    # of every global batch.
     periodic_eval = during_training.build(config, setup.student_graphdef, teacher_dir)
+    data_iter = _data_iterator(config, workdir, setup, teacher_dir, stop)
 
     # 7. Resume; then the workdir belongs to this config (every check passed).
     checkpointer = ckpt_lib.Checkpointer(
@@ -333,10 +334,7 @@ def _loop(config, workdir: str, setup, compiled, state, data_iter, checkpointer,
     failed save stops the run); a SIGTERM or config.stop_after_step stops with a checkpoint."""
     from distill_jax import distributed
 
-    writer = metrics_lib.create_writer(workdir)
-    if start_step == 0:
-        writer.write_hparams({k: v for k, v in _flat_config(config).items()
-                              if isinstance(v, (int, float, str, bool))})
+    writer = _open_writer(config, workdir, start_step)
     progress = loop.Progress(config.total_steps, start_step)
     # The curve up to the restored step (newer rows belong to a checkpoint that was moved aside).
     history = loop.read_history(_history_path(workdir), until_step=start_step) if resumed else []
@@ -348,15 +346,6 @@ def _loop(config, workdir: str, setup, compiled, state, data_iter, checkpointer,
     step, preempted = start_step, False
     batch = sharding.global_batch_from_local(next(data_iter), setup.mesh)
     loop_start = time.time()
-
-    def save(at_step: int):
-        checkpointer.save(at_step, state, data_iter.get_state(),
-                          {"seed": int(config.seed), "elapsed_s": elapsed_before + time.time() - loop_start})
-        try:
-            if jax.process_index() == 0:  # the logged curve survives restarts (summary, PNG)
-                loop.write_history(_history_path(workdir), history)
-        except OSError as exc:  # a full or read-only disk: one line, like the checkpoint's own files
-            raise checkpointer.storage_failure(exc) from None
 
     peer_lost = None
     try:
@@ -387,13 +376,14 @@ def _loop(config, workdir: str, setup, compiled, state, data_iter, checkpointer,
                     history.append(loop.history_row(step, scalars))
                     log(_console_line(step, config.total_steps, scalars, rates))
                 if save_now or stop_now:
-                    save(step)
+                    _save(checkpointer, workdir, step, state, data_iter, history,
+                          {"seed": int(config.seed), "elapsed_s": elapsed_before + time.time() - loop_start})
                     progress.reset(step)
             if stop_now:
                 preempted = step < config.total_steps
                 if preempted:
-                    log(f"stopping at step {step} ({'SIGTERM' if stop.stop_at is not None or stop.requested else 'stop_after_step'})"
-                        f"; checkpoint saved, rerun the same command to resume")
+                    why = "SIGTERM" if stop.stop_at is not None or stop.requested else "stop_after_step"
+                    log(f"stopping at step {step} ({why}); checkpoint saved, rerun the same command to resume")
                 break
     except Exception as exc:
         if not distributed.is_peer_failure(exc):
@@ -409,6 +399,26 @@ def _loop(config, workdir: str, setup, compiled, state, data_iter, checkpointer,
             writer.close()
     return _LoopEnd(step=step, state=state, history=history, last_metrics=last_metrics, preempted=preempted,
                     train_s=time.time() - loop_start)
+
+
+def _save(checkpointer, workdir: str, step: int, state, data_iter, history: list[dict], meta: dict) -> None:
+    """A checkpoint of `state` at `step` (with the data iterator's position and `meta`), and the
+    logged curve beside it, so the curve survives restarts (summary.json, the PNG)."""
+    checkpointer.save(step, state, data_iter.get_state(), meta)
+    try:
+        if jax.process_index() == 0:
+            loop.write_history(_history_path(workdir), history)
+    except OSError as exc:  # a full or read-only disk: one line, like the checkpoint's own files
+        raise checkpointer.storage_failure(exc) from None
+
+
+def _open_writer(config, workdir: str, start_step: int):
+    """The TensorBoard writer (metrics.create_writer); a fresh run records the config as hparams."""
+    writer = metrics_lib.create_writer(workdir)
+    if start_step == 0:
+        writer.write_hparams({k: v for k, v in _flat_config(config).items()
+                              if isinstance(v, (int, float, str, bool))})
+    return writer
 
 
 def _check_divergence(guard: divergence.DivergenceGuard, host_metrics: list[dict], step: int,

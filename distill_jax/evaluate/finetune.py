@@ -168,6 +168,20 @@ class RunResult:
         return d
 
 
+def _steps_per_epoch(recipe, mesh: Mesh, spec: TaskSpec, train_rows: int) -> int:
+    """Full batches per epoch; one line naming the field when the batches cannot split over the
+    mesh's batch axes and the processes, or the task has fewer rows than one batch."""
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    for field in ("batch_size", "eval_batch_size"):
+        if int(recipe[field]) % data_parallel or int(recipe[field]) % jax.process_count():
+            raise ValueError(f"config.{field}={recipe[field]} must be divisible by the mesh's batch "
+                             f"axes data*fsdp={data_parallel} and by the process count")
+    steps_per_epoch = train_rows // int(recipe.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{spec.name}: {train_rows} training rows < config.batch_size={recipe.batch_size}")
+    return steps_per_epoch
+
+
 def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: TaskSpec,
              train: encode.EncodedSplit, dev: dict[str, encode.EncodedSplit], recipe,
              learning_rate: float, seed: int, mesh: Mesh, model_label: str = "model",
@@ -183,14 +197,7 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
     from distill_jax.evaluate.model_io import param_shardings_for
 
     batch_size = int(recipe.batch_size)
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    for field in ("batch_size", "eval_batch_size"):
-        if int(recipe[field]) % data_parallel or int(recipe[field]) % jax.process_count():
-            raise ValueError(f"config.{field}={recipe[field]} must be divisible by the mesh's batch "
-                             f"axes data*fsdp={data_parallel} and by the process count")
-    steps_per_epoch = len(train) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{spec.name}: {len(train)} training rows < config.batch_size={batch_size}")
+    steps_per_epoch = _steps_per_epoch(recipe, mesh, spec, len(train))
     epochs = int(recipe.epochs)
     total_steps = steps_per_epoch * epochs
 
