@@ -1,13 +1,13 @@
 """`python -m studies`: the distillation-methods study (studies/driver.py) from a config.
 
     python -m studies --workdir=$HOME/.cache/distill_jax/study/cpu --config.report_dir=docs/study
-    python -m studies --config=configs/study.py:preset=cpu,student=3x192 \
-        --workdir=$HOME/.cache/distill_jax/study/cpu_3x192 --config.report_dir=docs/study_3x192
+    python -m studies --config=configs/study.py:preset=cpu,student=3x192 --config.report_dir=docs/study_3x192 \\
+        --workdir=$HOME/.cache/distill_jax/study/cpu_3x192
 
 Without --config it runs configs/study.py (its default preset, cpu). The same run as
 `python main.py --config=configs/study.py:<args> --workdir=<dir>`: the flags, `--config.*`
 overrides, multi-process start-up and one-line errors of distill_jax/cli.py. A config whose
-config.mode is not 'study' is refused in one line.
+config.mode is not 'study' is refused (this usage, then one line naming the mode).
 """
 
 from __future__ import annotations
