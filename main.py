@@ -9,7 +9,7 @@ wheel does not ship. Any config field can be overridden, e.g.
 from distill_jax.cli import MODES, run
 
 # Repository-level modes (their code is not in the wheel): the study, studies/.
-CHECKOUT_MODES = {**MODES, "study": "studies.distill_methods:run_study"}
+CHECKOUT_MODES = {**MODES, "study": "studies.driver:run_study"}
 
 if __name__ == "__main__":
     run(modes=CHECKOUT_MODES)

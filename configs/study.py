@@ -7,7 +7,7 @@
 
 Every method gets the same teacher, corpus, token budget, optimizer, schedule and seed; only
 `method_objectives[method]` differs. Reruns of the same command skip finished records and resume an
-unfinished distillation from its checkpoints (studies/distill_methods.py). The workdir holds the
+unfinished distillation from its checkpoints (studies/driver.py). The workdir holds the
 heavy state (checkpoints, exported students, the fitted MLM head); `report_dir` holds one small JSON
 record per distillation and per (method, task, seed) fine-tuning run, and the table + chart built
 from those records alone.
@@ -41,7 +41,7 @@ from configs import common
 from configs import glue as glue_config
 
 try:
-    from studies.distill_methods import REFERENCES  # the reference rows' names (the driver owns their meaning)
+    from studies.identity import REFERENCES  # the reference rows' names (the driver owns their meaning)
 except ImportError as exc:  # the wheel ships configs/ but not studies/
     raise ImportError("configs/study.py runs from a checkout of the repository (studies/ is not part of the "
                       "installed package)") from exc
@@ -173,7 +173,7 @@ def get_config(arg=None):
         raise ValueError(f"config arg student={shape!r}: the {args.preset} preset's students are "
                          f"{', '.join(shapes)}")
     c = ml_collections.ConfigDict()
-    c.mode = "study"              # main.py dispatches to studies.distill_methods.run_study
+    c.mode = "study"              # main.py dispatches to studies.driver.run_study
     c.preset = args.preset
     c.distill = common.base_config()  # the trainer config every method shares (objective set per method)
     c.distill.export = True

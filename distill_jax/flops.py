@@ -212,3 +212,34 @@ def distill_step_flops(teacher: EncoderShape, student: EncoderShape, batch_size:
                      student_backward=2 * student_fwd,
                      objective_forward=obj_teacher + obj_student,
                      objective_backward=2 * obj_student)
+
+
+def objective_flops(config, objective, teacher_cfg, student_cfg) -> float | None:
+    """Matmul FLOPs of one step of a built objective (losses.Objective) on config's global batch
+    (teacher fwd + student fwd/bwd + objective: distill_step_flops); None when an objective term
+    has no FLOPs model (the report then leaves MFU out). TrainSetup.step_flops() calls it: the
+    trainer's MFU and the TPU plan's step-time floor."""
+    names = {"od": "od", "hs": "hs", "minilmv2": "minilmv2", "minilm": "minilm",
+             "direct_minilm": "direct_minilm", "tinybert_attention": "tinybert_attn"}
+    cfg = objective.config
+    terms = [names[t] for t in cfg if t in names]
+    if not terms:  # only the hard-label "mlm" term: the student forward/backward + head
+        terms = ["od"]
+    kwargs: dict[str, Any] = {}
+    mha = next((cfg[t] for t in ("minilmv2", "minilm", "direct_minilm") if t in cfg), None)
+    if mha is not None:
+        kwargs["teacher_layer"] = mha["teacher_layer"]
+        kwargs["student_layer"] = mha["student_layer"]
+        kwargs["num_relations"] = 3 if "minilmv2" in cfg else 1
+    pairs = (cfg.get("hs") or cfg.get("tinybert_attention") or {}).get("pairs")
+    if pairs is not None:
+        kwargs["hs_pairs"] = [(s, list(t) if isinstance(t, (list, tuple)) else [t]) for s, t in pairs]
+    if "od" in terms:
+        positions = config.data.seq_len if cfg.get("od", {}).get("positions") == "all" else \
+            config.data.mlm.max_predictions
+        kwargs["mlm_positions"] = int(positions)
+    try:
+        return float(distill_step_flops(teacher_cfg, student_cfg, config.batch_size,
+                                        config.data.seq_len, terms=terms, **kwargs).total)
+    except ValueError:
+        return None

@@ -252,6 +252,8 @@ class TrainSetup:
 
     def step_flops(self) -> float | None:
         """Analytic matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective; flops.py)."""
+        from distill_jax.flops import objective_flops
+
         return objective_flops(self.config, self.objective, self.teacher_cfg, self.student_cfg)
 
 
@@ -425,62 +427,3 @@ def _float32_teacher(models, teacher_model, teacher_dir, teacher_cfg, teacher_pa
                          "(config.teacher.name=<a directory with model.safetensors>)")
     model, _, _ = models.load_pretrained(teacher_dir, dtype="float32", param_dtype="float32")
     return model
-
-
-def objective_flops(config, objective, teacher_cfg, student_cfg) -> float | None:
-    """Matmul FLOPs of one step (teacher fwd + student fwd/bwd + objective), from flops.py; None
-    when an objective term has no FLOPs model (the report then leaves MFU out)."""
-    from distill_jax import flops
-
-    names = {"od": "od", "hs": "hs", "minilmv2": "minilmv2", "minilm": "minilm",
-             "direct_minilm": "direct_minilm", "tinybert_attention": "tinybert_attn"}
-    cfg = objective.config
-    terms = [names[t] for t in cfg if t in names]
-    if not terms:  # only the hard-label "mlm" term: the student forward/backward + head
-        terms = ["od"]
-    kwargs: dict[str, Any] = {}
-    mha = next((cfg[t] for t in ("minilmv2", "minilm", "direct_minilm") if t in cfg), None)
-    if mha is not None:
-        kwargs["teacher_layer"] = mha["teacher_layer"]
-        kwargs["student_layer"] = mha["student_layer"]
-        kwargs["num_relations"] = 3 if "minilmv2" in cfg else 1
-    pairs = (cfg.get("hs") or cfg.get("tinybert_attention") or {}).get("pairs")
-    if pairs is not None:
-        kwargs["hs_pairs"] = [(s, list(t) if isinstance(t, (list, tuple)) else [t]) for s, t in pairs]
-    if "od" in terms:
-        positions = config.data.seq_len if cfg.get("od", {}).get("positions") == "all" else \
-            config.data.mlm.max_predictions
-        kwargs["mlm_positions"] = int(positions)
-    try:
-        return float(flops.distill_step_flops(teacher_cfg, student_cfg, config.batch_size,
-                                              config.data.seq_len, terms=terms, **kwargs).total)
-    except ValueError:
-        return None
-
-
-def memory_bytes(compiled) -> dict[str, int] | None:
-    """Per-device bytes of a compiled step from XLA's memory_analysis() (None when the backend
-    reports none): arguments, outputs, temporaries, aliased (donated state reuses its input
-    buffers) and total = arguments + outputs + temporaries - aliased."""
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return None
-    if mem is None:
-        return None
-    out = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
-           "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes),
-           "generated_code": int(mem.generated_code_size_in_bytes)}
-    out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
-    return out
-
-
-def tree_bytes_per_device(tree: Any, shardings: Any) -> int:
-    """Bytes one device holds of `tree` (arrays or ShapeDtypeStructs) under `shardings`: each
-    array's shard shape times its item size (replicated arrays count whole on every device)."""
-    total = 0
-    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(
-            shardings, is_leaf=lambda v: isinstance(v, jax.sharding.Sharding))):
-        shard = s.shard_shape(tuple(x.shape))
-        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
-    return int(total)

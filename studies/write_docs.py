@@ -25,7 +25,8 @@ import os
 import re
 import sys
 
-from studies.distill_methods import distill_seconds, untimed_scale_from
+from distill_jax.evaluate.run import split_list
+from studies.ledger import distill_seconds, untimed_scale_from
 
 STUDY_PAGE = "docs/results/study.md"
 TABLE_MARKERS = ("<!-- study-table -->", "<!-- /study-table -->")
@@ -174,18 +175,17 @@ def main(argv=None) -> int:
                    "student= (e.g. docs/study_3x192): fills the <!-- study-shapes --> block")
     args = p.parse_args(argv)
     from configs import study
-    from studies.distill_methods import _split
 
     config = study.get_config(f"preset={args.preset}")
     methods = [m for m in config.methods if m not in study.REFERENCES]
-    runs_total = (len(config.methods) * len(_split(config.glue.tasks)) * len(_split(config.glue.seeds))
-                  * len(_split(config.glue.learning_rates)))
+    runs_total = (len(config.methods) * len(split_list(config.glue.tasks)) * len(split_list(config.glue.seeds))
+                  * len(split_list(config.glue.learning_rates)))
     blocks = [(TABLE_MARKERS, table_block(args.report_dir, os.path.dirname(os.path.abspath(args.page)))),
               (COST_MARKERS, cost_block(_records(args.report_dir), methods=len(methods), runs_total=runs_total))]
     if args.budget_dirs:
-        blocks.append((BUDGET_MARKERS, budget_block([args.report_dir, *_split(args.budget_dirs)])))
+        blocks.append((BUDGET_MARKERS, budget_block([args.report_dir, *split_list(args.budget_dirs)])))
     if args.shape_dirs:
-        blocks.append((SHAPES_MARKERS, shapes_block([args.report_dir, *_split(args.shape_dirs)])))
+        blocks.append((SHAPES_MARKERS, shapes_block([args.report_dir, *split_list(args.shape_dirs)])))
     with open(args.page) as f:
         text = f.read()
     for markers, block in blocks:   # every block is checked before the page is written

@@ -212,9 +212,9 @@ def test_a_field_added_to_the_code_since_the_stored_run_counts_only_when_set(tmp
 
 def test_the_operational_field_list_has_one_owner():
     from distill_jax import run_config
-    from studies import distill_methods
+    from studies import identity
 
-    assert distill_methods._OPERATIONAL_FIELDS is run_config.OPERATIONAL_FIELDS
+    assert identity.OPERATIONAL_FIELDS is run_config.OPERATIONAL_FIELDS
 
 
 @pytest.mark.slow

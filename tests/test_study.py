@@ -1,4 +1,4 @@
-"""The study driver (studies/distill_methods.py) end to end on a tiny real configuration.
+"""The study driver (studies/driver.py and its modules) end to end on a tiny real configuration.
 
 A random 4x32 BERT teacher without an MLM head (so OD must fit one first) and the real WordPiece
 tokenizer; 2x16 students; the builtin corpus; a toy SST-2 in the glue_data layout. Checked:
@@ -80,7 +80,7 @@ def _mtimes(records: Path) -> dict:
 
 @pytest.mark.slow
 def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, capsys):
-    from studies.distill_methods import run_study
+    from studies.driver import run_study
 
     glue_dir, cache = _toy_glue(tmp_path / "glue"), str(tmp_path / "cache")
     workdir, report_dir = tmp_path / "work", tmp_path / "report"
@@ -186,17 +186,17 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
 def test_a_student_made_again_is_compared_with_the_recorded_one(tmp_path, capsys):
     """The three cases of a re-distilled student: same weights, earlier ones never digested,
     different weights (another machine); only the last two leave a field on the record."""
-    from studies.distill_methods import _compare_students
+    from studies.stages import compare_students
 
     for seed in (0, 1):
         (tmp_path / f"hs_last__sst2__lr0.0001__seed{seed}.json").write_text("{}")
     (tmp_path / "hs_last_2__sst2__lr0.0001__seed0.json").write_text("{}")  # another method's record
     new = "b" * 64
-    assert _compare_students("hs_last", {"export_sha256": new}, new, str(tmp_path)) == {}
+    assert compare_students("hs_last", {"export_sha256": new}, new, str(tmp_path)) == {}
     assert "bit-identical to the recorded one (weights sha256 bbbbbbbbbbbbbbbb); its 2 finished" in capsys.readouterr().out
-    assert _compare_students("hs_last", {}, new, str(tmp_path)) == {"earlier_export_sha256": None}
+    assert compare_students("hs_last", {}, new, str(tmp_path)) == {"earlier_export_sha256": None}
     assert "were not digested, so the 2 finished fine-tune records cannot be matched" in capsys.readouterr().out
-    assert _compare_students("hs_last", {"export_sha256": "a" * 64}, new, str(tmp_path)) == {
+    assert compare_students("hs_last", {"export_sha256": "a" * 64}, new, str(tmp_path)) == {
         "earlier_export_sha256": "a" * 64}
     assert ("warning: hs_last: the student made again differs from the recorded one (weights sha256 "
             "bbbbbbbbbbbbbbbb vs aaaaaaaaaaaaaaaa" in capsys.readouterr().out)
@@ -213,7 +213,7 @@ def test_a_student_made_again_is_compared_with_the_recorded_one(tmp_path, capsys
     (lambda c: c.zero_shot.update(split="train"), r"STS-B/train.tsv not found"),
 ])
 def test_bad_input_is_one_line_before_training(headless_teacher, tmp_path, change, message):
-    from studies.distill_methods import run_study
+    from studies.driver import run_study
 
     config = study_config(headless_teacher, _toy_glue(tmp_path / "glue"), str(tmp_path / "cache"))
     config.report_dir = str(tmp_path / "report")
@@ -227,7 +227,7 @@ def test_pod_preset_dry_run_plans_without_the_hub(tmp_path, capsys):
     """The paper-scale preset checks every objective against bert-base-uncased's shipped shapes and
     prints the plan, offline, training and writing nothing."""
     from configs import study
-    from studies.distill_methods import run_study
+    from studies.driver import run_study
 
     payload = run_study(study.get_config("preset=pod,dry_run"), str(tmp_path / "pod"))
     assert payload["plan"] == {m: 8 * 5 * 4 for m in study.get_config("preset=pod").methods}
@@ -248,13 +248,13 @@ def test_pod_preset_dry_run_plans_without_the_hub(tmp_path, capsys):
 def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, config_arg):
     """docs/study/records were written by the CPU study over several sessions (docs/study_4000 by
     the same study at twice the budget); a config field added since (an operational one left out
-    of _OPERATIONAL_FIELDS, a changed default) would change the methods' fingerprints, and the
+    of OPERATIONAL_FIELDS, a changed default) would change the methods' fingerprints, and the
     documented command would then refuse the study's own workdir or redo every finished run. Each
     distillation record's fingerprint is recomputed from the shipped preset, and every
     fine-tuning record must be one the driver skips."""
     import importlib.util
 
-    from studies.distill_methods import _digest, _needs_teacher_head, method_identity
+    from studies.identity import digest, method_identity, needs_teacher_head
 
     repo = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("study_config", repo / "configs" / "study.py")
@@ -272,23 +272,24 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
         record = json.loads(path.read_text())
         method = record["method"]
         # The cpu preset's teacher (all-MiniLM-L6-v2) has no MLM head: OD methods fit one first.
-        identity = method_identity(config, method, fitted_head=_needs_teacher_head(config, method))
-        assert _digest(identity) == record["fingerprint"], (path.name, identity)
+        identity = method_identity(config, method, fitted_head=needs_teacher_head(config, method))
+        assert digest(identity) == record["fingerprint"], (path.name, identity)
     # Every committed fine-tuning record is one this code skips (its run fingerprint matches: same
     # recipe, training rows of the real GLUE files, lr, seed, and the method's fingerprint).
-    from studies.distill_methods import _Tasks, _missing_runs, _record_path, _zero_shot_missing
+    from studies.records import run_record_path
+    from studies.stages import Tasks, missing_runs, zero_shot_missing
 
-    tasks = _Tasks(config.glue)
+    tasks = Tasks(config.glue)
     records_dir = str(repo / "docs" / report_dir / "records")
     for method in config.methods:
-        fingerprint = _digest(method_identity(config, method, fitted_head=_needs_teacher_head(config, method)))
-        missing = {_record_path(records_dir, method, task, lr, seed)
-                   for task, lr, seed, _ in _missing_runs(config, method, fingerprint, records_dir, tasks)}
+        fingerprint = digest(method_identity(config, method, fitted_head=needs_teacher_head(config, method)))
+        missing = {run_record_path(records_dir, method, task, lr, seed)
+                   for task, lr, seed, _ in missing_runs(config, method, fingerprint, records_dir, tasks)}
         committed = {str(p) for p in (repo / "docs" / report_dir / "records").glob(f"{method}__*.json")}
         assert not committed & missing, sorted(committed & missing)
         zero_shot = repo / "docs" / report_dir / "records" / f"zeroshot__{method}.json"
         if zero_shot.exists():   # and every zero-shot record is one it skips
-            assert not _zero_shot_missing(config, method, fingerprint, records_dir), zero_shot.name
+            assert not zero_shot_missing(config, method, fingerprint, records_dir), zero_shot.name
 
 
 def test_write_docs_copies_the_table_and_the_measured_cost_between_the_page_markers(tmp_path):
@@ -382,13 +383,13 @@ def test_write_docs_budget_block_puts_each_method_beside_itself_at_the_other_bud
 def test_compute_table_scales_a_distillation_whose_first_segment_went_untimed():
     """A process killed outright (a session's end) records no seconds for the steps it trained:
     the table scales the timed steps' rate to all steps, and says so; complete records stand."""
-    from studies.distill_methods import _compute_table
+    from studies.report import compute_table
 
     config = ml_collections.ConfigDict({"methods": ["od", "hs"], "method_labels": {}})
     distill = {"od": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 500,
                       "throughput": {"peak_flops": 1.28e11}},
                "hs": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 2101}}
-    od, hs = _compute_table(config, {}, distill, None)
+    od, hs = compute_table(config, {}, distill, None)
     assert od["distill_cpu_min"] == 600.0 * 4 / 60 and od["distill_wall_min"] == 300.0 * 4 / 60
     assert od["distill_cpu_extrapolated_from"] == 500
     assert hs["distill_cpu_min"] == 600.0 / 60 and hs["distill_cpu_extrapolated_from"] is None
@@ -402,7 +403,7 @@ def test_the_student_arg_changes_the_student_shape_and_nothing_else(preset, defa
     (teacher, corpus, budget, optimizer, seed, objectives, fine-tuning recipe); the default shape's
     configs, and so the committed records' identities, are those of the preset without the arg."""
     from configs import study
-    from studies.distill_methods import _digest, method_identity
+    from studies.identity import digest, method_identity
 
     base, same, narrow = (study.get_config(f"preset={preset}{a}") for a in ("", f",student={default}",
                                                                             f",student={other}"))
@@ -416,7 +417,7 @@ def test_the_student_arg_changes_the_student_shape_and_nothing_else(preset, defa
     assert ({k: v for k, v in s.to_dict().items() if k not in rest}
             == {k: v for k, v in base.distill.student.to_dict().items() if k not in rest})
     for method in ("none", "minilmv2_last", "hs_uniform_cons"):   # another shape, other records
-        assert _digest(method_identity(narrow, method)) != _digest(method_identity(base, method))
+        assert digest(method_identity(narrow, method)) != digest(method_identity(base, method))
     assert method_identity(narrow, "teacher") == method_identity(base, "teacher")
     with pytest.raises(ValueError, match=f"student='2x64': the {preset} preset's students are {default}, {other}"):
         study.get_config(f"preset={preset},student=2x64")
@@ -446,7 +447,7 @@ def test_a_report_dir_holds_one_student_shape(tmp_path):
     """Records of one shape never overwrite another's: a dir marked for 3x384 (as docs/study is)
     refuses the 3x192 study before anything runs; a dir with records and no marker is refused too."""
     from configs import study
-    from studies.distill_methods import STUDENT_MARKER, check_report_shape
+    from studies.checks import STUDENT_MARKER, check_report_shape
 
     wide, narrow = study.get_config("preset=cpu"), study.get_config("preset=cpu,student=3x192")
     check_report_shape(narrow, str(tmp_path / "new"), write=True)
@@ -471,7 +472,7 @@ def test_committed_records_and_docs_name_models_and_data_portably():
     teacher by its id and a student by its export relative to the study's workdir (the migration of
     the earlier records rewrote only that field: the fingerprints test above still passes)."""
     from configs import study
-    from studies.distill_methods import portable_model_spec
+    from studies.identity import portable_model_spec
 
     repo = Path(__file__).resolve().parents[1]
     config = study.get_config("preset=cpu")
