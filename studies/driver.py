@@ -37,7 +37,8 @@ from studies.checks import check_report_shape, check_study
 from studies.identity import REFERENCES, digest, method_identity
 from studies.records import log
 from studies.report import build_report
-from studies.stages import Tasks, finetune_all, missing_runs, score_zero_shot, student_dir, zero_shot_missing
+from studies.stages import (Tasks, card_with_study_results, finetune_all, missing_runs, score_zero_shot, student_dir,
+                            zero_shot_missing)
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -85,6 +86,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if zero_shot:   # seconds: it lands before the method's fine-tunes
             score_zero_shot(config, method, model_dir, fingerprints[method], records_dir)
         finetune_all(config, method, model_dir, todo[method], records_dir, tasks, steps_cache, progress)
+        card_with_study_results(config, method, model_dir, records_dir, tasks)
         build_report(config, report_dir)   # the table grows as records land
     return build_report(config, report_dir)
 

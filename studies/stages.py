@@ -17,7 +17,7 @@ import shutil
 import ml_collections
 
 from distill_jax.evaluate.run import split_list
-from studies.identity import digest, method_identity, needs_teacher_head, portable, portable_model_spec
+from studies.identity import REFERENCES, digest, method_identity, needs_teacher_head, portable, portable_model_spec
 from studies.ledger import Stage, ledger_add, ledger_sum
 from studies.records import (FIT_RECORD, distill_record_path, log, portable_record, read_json, run_record_path,
                              write_json, zero_shot_path)
@@ -289,3 +289,28 @@ def finetune_all(config, method: str, model_dir: str, missing: list[tuple], reco
         progress["done"] += 1
         log(f"{method}: {task} seed {seed}: best dev score {100 * record['best_score']:.1f} "
             f"(epoch {record['best_epoch']}, {stage.cpu_s / 60:.1f} CPU-min)")
+
+
+def card_with_study_results(config, method: str, model_dir: str, records_dir: str, tasks: Tasks) -> None:
+    """Puts the method's study numbers in its export's model card: per GLUE task the mean best dev
+    score over the seeds (and learning rates) recorded so far, and the zero-shot STS-B Spearman.
+    Reference rows and exports without the run's summary.json beside them keep their card."""
+    summary_path = os.path.join(os.path.dirname(model_dir), "summary.json")
+    if method in REFERENCES or not os.path.isfile(summary_path):
+        return
+    from distill_jax.export import rewrite_model_card
+
+    evaluation = {}
+    for task in tasks.names():
+        scores = []
+        for path in sorted(glob.glob(os.path.join(records_dir, f"{method}__{task}__*.json"))):
+            scores.append(float(read_json(path)["best_score"]))
+        if scores:
+            evaluation[f"GLUE {task} dev, best epoch (mean of {len(scores)} runs)"] = sum(scores) / len(scores)
+    zero_shot = os.path.join(records_dir, f"zeroshot__{method}.json")
+    if os.path.isfile(zero_shot):
+        evaluation["STS-B dev Spearman x 100, zero-shot (mean pooling, cosine)"] = float(
+            read_json(zero_shot)["spearman"])
+    if evaluation:
+        rewrite_model_card(model_dir, read_json(summary_path), evaluation)
+        log(f"{method}: model card of {model_dir} lists the study's numbers")

@@ -119,6 +119,11 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
     assert set(od["loss_last_logged"]) >= {"loss", "loss/od", "loss/mlm"}
     run = json.loads((records / "od__sst2__lr0.001__seed1.json").read_text())
     assert run["method"] == "od" and run["seed"] == 1 and len(run["epochs"]) == 1 and run["cpu_s"] > 0
+    card = (workdir / "distill" / "minilmv2_last" / "export" / "README.md").read_text()
+    mean_sst2 = sum(json.loads((records / f"minilmv2_last__sst2__lr0.001__seed{s}.json").read_text())["best_score"]
+                    for s in (0, 1)) / 2
+    assert "## Evaluation" in card and f"| GLUE sst2 dev, best epoch (mean of 2 runs) | {mean_sst2:.4f} |" in card
+    assert f"{zero['spearman']:.4f}" in card   # the zero-shot STS-B record's score
     head = json.loads((records / "mlm_head_fit.json").read_text())
     assert head["steps"] == 4 and set(head["before"]) >= {"accuracy", "perplexity"}
     table = (report_dir / "study_results.md").read_text()
