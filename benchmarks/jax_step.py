@@ -99,10 +99,10 @@ def build_step(case: Case, batch_np: dict[str, np.ndarray], *, seed: int = 0, de
 
 
 def memory_figures(compiled) -> dict:
-    """Per-device bytes of the compiled step (distill_jax.train_setup.memory_bytes, what train.py
+    """Per-device bytes of the compiled step (distill_jax.memory.memory_bytes, what train.py
     logs and the plan reports) plus peak_bytes = the larger of XLA's own peak_memory_in_bytes and
     that total (XLA:CPU's peak has been seen to leave temporaries out)."""
-    from distill_jax.train_setup import memory_bytes
+    from distill_jax.memory import memory_bytes
 
     out = memory_bytes(compiled)
     if out is None:

@@ -1,9 +1,9 @@
-"""The README's pod-recipe table: every `python -m distill_jax.plan ...` line in the recipes'
-docstrings (configs/*.py: the slice each recipe is meant for), planned one after the other, printed
-as a markdown table (progress on stderr):
+"""The pod-recipe table of docs/results/plan.md: every `python -m distill_jax.plan ...` line in the
+recipes' docstrings (configs/*.py: the slice each recipe is meant for), planned one after the other,
+printed as a markdown table (progress on stderr):
 
     python -m benchmarks.plan_table > /tmp/plan_table.md
-    python -m benchmarks.plan_table --write_readme          # also replace README.md's table
+    python -m benchmarks.plan_table --write_doc             # also replace docs/results/plan.md's table
     python -m benchmarks.plan_table --only=mha_l6_h384 --json=/tmp/plan_table.json
 
 Each flagship compile takes minutes on a 2-core machine; run it under `nice` when others work.
@@ -61,36 +61,38 @@ HEADER = ("| recipe | slice | mesh data x fsdp x tensor | rows x seq per chip | 
           "headroom GiB | fits |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-README_MARKERS = ("<!-- plan-table -->", "<!-- /plan-table -->")
+PLAN_PAGE = REPO / "docs" / "results" / "plan.md"
+PLAN_MARKERS = ("<!-- plan-table -->", "<!-- /plan-table -->")
 
 
-def write_readme_table(table: str, readme: Path) -> None:
-    """Puts `table` (and the jax / libtpu versions it was compiled with) between the markers."""
+def write_table(table: str, page: Path) -> None:
+    """Puts `table` (and the jax / libtpu versions it was compiled with) between the page's markers."""
     import importlib.metadata as md
 
     import jax
 
-    start, end = README_MARKERS
-    text = readme.read_text()
+    start, end = PLAN_MARKERS
+    text = page.read_text()
     if start not in text or end not in text:
-        raise ValueError(f"{readme}: no {start} ... {end} markers to put the table between")
+        raise ValueError(f"{page}: no {start} ... {end} markers to put the table between")
     try:
         libtpu = md.version("libtpu")
     except md.PackageNotFoundError:
         libtpu = "not installed"
     stamp = (f"Compiled {time.strftime('%Y-%m-%d')} with jax {jax.__version__}, libtpu {libtpu} "
-             f"(`python -m benchmarks.plan_table --write_readme`).")
+             f"(`python -m benchmarks.plan_table --write_doc`).")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}\n\n{stamp}\n{end}{tail}")
+    page.write_text(f"{head}{start}\n{table}\n\n{stamp}\n{end}{tail}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="", help="comma list of recipe modules (default: all)")
     p.add_argument("--json", default="", help="also write every plan's figures here")
-    p.add_argument("--write_readme", action="store_true",
-                   help="replace the table between README.md's plan-table markers")
+    p.add_argument("--write_doc", "--write_readme", action="store_true", dest="write_doc",
+                   help="replace the table between the plan-table markers of docs/results/plan.md "
+                        "(--write_readme: its name from when the table lived in README.md)")
     args = p.parse_args(argv)
 
     from distill_jax import plan
@@ -111,8 +113,8 @@ def main(argv=None) -> int:
         results.append({"recipe": recipe, "arg": arg, **r})
     table = f"{HEADER}\n" + "\n".join(rows)
     print(table)
-    if args.write_readme:
-        write_readme_table(table, REPO / "README.md")
+    if args.write_doc:
+        write_table(table, PLAN_PAGE)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
     return 0

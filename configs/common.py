@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     from distill_jax.data.config import default_data_config
 
     c = ml_collections.ConfigDict()
-    c.mode = "distill"            # 'distill' (this trainer) | 'glue' (configs/glue.py)
+    c.mode = "distill"            # the runner, a key of distill_jax.cli.MODES: 'distill' = this trainer
     c.seed = 0                    # student init, objective aux params, dropout (folded with the step), data order
 
     c.teacher = ml_collections.ConfigDict()

@@ -3,7 +3,7 @@
 On a TPU pod slice (every host runs the same command; see launch/tpu_pod.sh):
     python main.py --config=configs/mha_l6_h384.py --workdir=gs://<bucket>/runs/mha_l6_h384
 Before paying for the slice, compile its step for it here (no TPU, no weights, no data: HBM per
-chip, fits or not; see README "Plan a pod run"):
+chip, fits or not; see docs/plan.md):
     python -m distill_jax.plan --config=configs/mha_l6_h384.py --topology=v5e-16
 The same code path on one CPU (a 20-step smoke run; point the teacher at a local copy when the hub
 is unreachable):

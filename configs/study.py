@@ -7,7 +7,7 @@
 
 Every method gets the same teacher, corpus, token budget, optimizer, schedule and seed; only
 `method_objectives[method]` differs. Reruns of the same command skip finished records and resume an
-unfinished distillation from its checkpoints (studies/distill_methods.py). The workdir holds the
+unfinished distillation from its checkpoints (studies/driver.py). The workdir holds the
 heavy state (checkpoints, exported students, the fitted MLM head); `report_dir` holds one small JSON
 record per distillation and per (method, task, seed) fine-tuning run, and the table + chart built
 from those records alone.
@@ -161,7 +161,7 @@ def get_config(arg=None):
         raise ValueError(f"config arg student={shape!r}: the {args.preset} preset's students are "
                          f"{', '.join(shapes)}")
     c = ml_collections.ConfigDict()
-    c.mode = "study"              # main.py dispatches to studies.distill_methods.run_study
+    c.mode = "study"              # main.py dispatches to studies.driver.run_study
     c.preset = args.preset
     c.distill = common.base_config()  # the trainer config every method shares (objective set per method)
     c.distill.export = True

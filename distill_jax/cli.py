@@ -1,189 +1,133 @@
-"""The `distill-jax` command (`python main.py` is the same): flags, distributed start-up, dispatch.
+"""The `distill-jax` command; `python -m distill_jax` and, in a checkout, `python main.py` are the same:
 
-    distill-jax --config=configs/<recipe>.py[:arg] --workdir=<dir or gs://...> [--config.<field>=...]
+    distill-jax --config=<recipe>[:<args>] --workdir=<dir or gs://...> [--config.<field>=<value> ...]
 
-Any config field can be overridden, e.g. `--config.total_steps=1000 --config.teacher.name=/ckpt`
-or `--config.data.source=wikiextractor --config.data.paths=/corpus/text`. A field that does not exist
-is refused in one line with the closest real field ("did you mean student.num_layers?").
-
-Recipes: `--config` takes a file path; a path that does not exist here is looked up by its file name
-among the recipes shipped inside the installed package (`distill_jax/configs`, the repository's
-`configs/`), so `distill-jax --config=quickstart --workdir=...` works without a checkout.
-
-Multi-process start-up (TPU pod, SLURM, localhost rehearsals): distill_jax/distributed.py.
-The run is `config.mode` -> MODES[mode] ("module:function", called as function(config, workdir)).
+This module answers without the flags library: `--version`, a call without arguments (one usage
+line), and an install without the [train] extra (one line naming it). `--help` lists the recipes,
+read from their own source by distill_jax/recipes.py, with the most used overrides. Everything
+else (absl flags, the recipe's config and its overrides, multi-process start-up, the dispatch on
+config.mode) is distill_jax/cli_flags.py.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import os
 import sys
+import textwrap
 
 # Before jaxlib/XLA and transformers are imported anywhere (XLA's C++ logging honours it).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # transformers' "PyTorch was not found" line is dropped by distill_jax/__init__.py (library users too).
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import distill_jax  # noqa: E402
+from distill_jax import __version__, recipes  # noqa: E402
+from distill_jax.commands import (program_words, record_command, resolve_config_file,  # noqa: E402
+                                  run_with_one_line_errors)
+from distill_jax.extras import import_needing_extra  # noqa: E402
 
-# The recipe lookup and the one-line error policy are shared with the other commands
-# (python -m distill_jax.data.prepare, python -m distill_jax.plan); re-exported here.
-from distill_jax.commands import (EXPECTED_ERRORS, PACKAGED_CONFIGS,  # noqa: E402,F401
-                                  record_command, resolve_config_file, run_with_one_line_errors,
-                                  with_resolved_config)
-
-# config.mode -> "module:function"; the function is called as function(config, workdir).
+# config.mode -> "module:function", called as function(config, workdir): the modes the wheel ships.
+# A checkout's main.py adds its own (the study: studies/ is not in the wheel).
 MODES = {
-    "distill": "distill_jax.train:train_and_evaluate",
+    "distill": "distill_jax.train:run_training",
     "glue": "distill_jax.evaluate:run_from_config",
     "fit_mlm_head": "distill_jax.mlm_head:fit_mlm_head",
-    "study": "studies.distill_methods:run_study",   # repository-level (a checkout), not in the wheel
 }
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py[:arg].",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events, export and summary go here.")
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                  "jax.distributed.initialize(): auto = when the environment is multi-process.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (else from the environment).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (else from the environment).")
-flags.DEFINE_integer("process_id", None, "This process's id (else from the environment).")
-flags.mark_flags_as_required(["config", "workdir"])
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort")  # --helpfull stays absl's (every absl flag)
+
+# The overrides --help shows (the ones README and the recipes' docstrings use most), as typed, and
+# what they set. tests/test_cli.py checks that every field named here exists in the recipes.
+COMMON_OVERRIDES = (
+    ("--config.teacher.name=<dir or hub id>",
+     "the teacher: a local HF directory (config.json + weights), a hub id, or an exported student"),
+    ("--config.total_steps=<n>", "run length in optimizer steps"),
+    ("--config.batch_size=<n>", "global batch in sequences per step (all hosts together)"),
+    ("--config.student.num_layers=<n>",
+     "the student's shape (also student.hidden_size, num_heads, intermediate_size)"),
+    ("--config.data.source=<kind> --config.data.paths=<p1,p2>", "your corpus (kinds: {data_sources})"),
+    ("--config.optim.learning_rate=<lr>", "peak learning rate, reached after optim.warmup_steps"),
+    ("--config.mesh.fsdp=<n> --config.mesh.tensor=<n>",
+     "parameter and tensor sharding over the devices (mesh.data takes the rest)"),
+    ("--config.allow_config_change=true", "resume a workdir whose checkpoints came from another config"),
+)
 
 
-# ----------------------------------------------------------------------------------------------
-# Overrides of fields that do not exist: one line with the closest real field
-# ----------------------------------------------------------------------------------------------
-
-def config_field_paths(config) -> list[str]:
-    """Every dotted field path of a ConfigDict (nodes and leaves)."""
-    out = []
-    for key, value in config.items():
-        out.append(key)
-        if hasattr(value, "items") and hasattr(value, "to_dict"):
-            out.extend(f"{key}.{sub}" for sub in config_field_paths(value))
-    return out
-
-
-def unknown_override_message(argv: list[str]) -> str | None:
-    """The one-line message for the first `--config.<field>` that the config does not have."""
-    config_args = [a for a in argv[1:] if a.startswith(("--config=", "-config="))]
-    if not config_args:
-        return None
-    probe = flags.FlagValues()  # the config alone, without the overrides that failed
-    config_flags.DEFINE_config_file("config", None, "", flag_values=probe, lock_config=True,
-                                    sys_argv=[argv[0], config_args[-1]])
-    try:
-        probe([argv[0], config_args[-1]])
-        known = config_field_paths(probe.config)
-    except Exception:  # the file itself is broken: let the original error speak
-        return None
-    for arg in argv[1:]:
-        for prefix in ("--config.", "-config.", "--noconfig.", "-noconfig."):
-            if arg.startswith(prefix):
-                field = arg[len(prefix):].split("=", 1)[0]
-                if field not in known:
-                    close = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
-                    hint = f"; did you mean {close[0]}?" if close else \
-                        "; the fields are listed by python -c 'print(<config>.get_config())'"
-                    return f"{arg.split('=', 1)[0]}: the config has no field {field}{hint}"
-    return None
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    argv = with_resolved_config(argv)
-    sys.argv = argv  # config_flags reads the overrides from sys.argv
-    try:
-        remaining = FLAGS(argv)
-        if FLAGS["config"].present:
-            FLAGS.config.keys()  # config_flags defers a recipe that failed to load to the first access
-        return remaining
-    except (KeyError, AttributeError) as exc:
-        message = unknown_override_message(argv) or flag_error_line(exc)
-    except (flags.Error, ValueError, TypeError, OSError, SyntaxError, ImportError) as exc:
-        # A recipe that is missing or fails (a bad `:arg`), an override of the wrong type: one line.
-        message = flag_error_line(exc)
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
-def flag_error_line(exc: BaseException) -> str:
-    """One line for a flag-parsing failure: absl's own message (it names the flag and value) with
-    the root cause's, whitespace collapsed; a missing recipe file says where recipes are found."""
-    root = exc
-    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
-        root = root.__cause__ or root.__context__
-    parts = [str(exc)] + ([f"{type(root).__name__}: {root}"] if root is not exc and str(root) not in str(exc) else [])
-    text = "\n".join(parts)
-    if "Traceback (most recent call last)" in text:
-        # config_flags puts a recipe's traceback into the message: keep absl's prefix (the flag and
-        # its value) and the traceback's last line (the recipe's own error).
-        prefix = text.split("Error whilst parsing config file")[0]
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = f"{prefix}{last.strip()}"
-    text = text.replace("Configuration is not available because of an earlier failure to load: ", "")
-    text = " ".join(text.split())
-    if isinstance(root, FileNotFoundError) or "No such file" in text:
-        from pathlib import Path
-
-        shipped = PACKAGED_CONFIGS if PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parents[1] / "configs"
-        names = sorted(p.stem for p in shipped.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
-        text += (f"; --config takes a recipe file (configs/<name>.py) or the name of a shipped one "
-                 f"({', '.join(names)})")
-    return text if len(text) <= 600 else text[:597] + "..."
-
-
-# ----------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from absl import logging
-
-    from distill_jax import distributed, platforms, stack_limit
-
-    platforms.choose_platforms()  # libtpu stays quiet on a machine without a TPU
-
-    student = FLAGS.config.get("student") or {}
-    if stack_limit.needs_hard_stack_limit(bool(student.get("remat", False))):
-        stack_limit.reexec_with_hard_stack_limit()  # before jax starts: a restart re-reads the flags
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
-                           num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    config = FLAGS.config
-    mode = config.get("mode", "distill")
-    if mode not in MODES:
-        raise app.UsageError(f"config.mode={mode!r}: use one of {', '.join(map(repr, MODES))}")
-    module, _, function = MODES[mode].partition(":")
-    getattr(importlib.import_module(module), function)(config, FLAGS.workdir)
-    distributed.finished()  # peers no longer expect signs of life from this process
-
-
-def run(argv: list[str] | None = None) -> None:
-    """Console entry point. One line, no traceback, for the errors we raise on purpose (bad config,
-    missing teacher, NaN) and for a lost peer process (exit 75)."""
-    from distill_jax.distributed import PeerLost, exit_peer_lost
-    from distill_jax.preemption import STOPPED_EXIT_CODE, Stopped
-
-    argv = argv if argv is not None else sys.argv
+def run(argv: list[str] | None = None, *, modes: dict[str, str] | None = None) -> None:
+    """Console entry point. One line, no traceback, for every error we expect: a usage mistake
+    (exit 2), a bad config, missing teacher, NaN or missing extra (exit 1), a lost peer (exit 75).
+    `modes`: config.mode -> "module:function" this command runs (default MODES)."""
+    argv = list(sys.argv if argv is None else argv)
+    modes = MODES if modes is None else modes
+    program = " ".join(program_words(argv[0]))
+    if "--version" in argv[1:]:
+        print(f"distill_jax {__version__}")
+        return
     record_command(argv)  # the model card and summary.json name the exact command
 
     def entry():
-        try:
-            app.run(main, argv=argv, flags_parser=_parse_flags)
-        except PeerLost as exc:
-            exit_peer_lost(exc)  # one line, exit 75, no jax.distributed shutdown (it would abort)
-        except Stopped as exc:
-            # One line, exit 143. Skip jax.distributed's shutdown barrier: peers that heard no
-            # SIGTERM may still be compiling; they stop on the published stop or notice us gone.
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(STOPPED_EXIT_CODE)
+        cli_flags = import_needing_extra("distill_jax.cli_flags", "train", program)
+        if any(a in HELP_FLAGS for a in argv[1:]):
+            print(help_text(program, argv, modes, cli_flags.other_flags()))
+            return
+        if len(argv) == 1:
+            print(f"usage: {usage_line(program)} ({program} --help lists the recipes)",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
+        cli_flags.run_app(argv, modes)
 
     run_with_one_line_errors(entry)
+
+
+def usage_line(program: str) -> str:
+    return f"{program} --config=<recipe>[:<args>] --workdir=<dir or gs://...> [--config.<field>=<value> ...]"
+
+
+def help_text(program: str, argv: list[str], modes: dict[str, str],
+              other_flags: list[tuple[str, str]]) -> str:
+    """--help: the usage, every recipe this command runs (its summary and args) and the most used
+    overrides; with a `--config=<recipe>`, that recipe's whole description instead of the list."""
+    from distill_jax.cli_flags import config_spec, unknown_recipe_message
+    from distill_jax.data.config import SOURCE_KINDS
+
+    spec = config_spec(argv)
+    if spec is not None:
+        resolved = resolve_config_file(spec)
+        missing = unknown_recipe_message([argv[0], f"--config={resolved}"], modes)
+        if missing:
+            raise ValueError(missing)
+        recipe = recipes.describe(resolved.partition(":")[0])
+        return (f"{program} --config={recipe.name}[:<args>] --workdir=<dir> (mode {recipe.mode})\n\n"
+                f"{recipe.doc}\n\nArgs (defaults): {recipes.arg_usage(recipe) or 'none'}")
+
+    lines = [f"usage: {usage_line(program)}",
+             f"       {program} --config=<recipe> --help   (that recipe's whole description)",
+             f"       {program} --version",
+             "",
+             f"distill_jax {__version__}: {distill_jax.__doc__.partition(': ')[2].strip()}",  # its docstring
+             "<recipe> is a recipe file (configs/<name>.py) or the name of a shipped one; <args> are",
+             "comma-separated after ':', a bare word turns a flag on (e.g. mha_l6_h384:runlocal,steps=50).",
+             "",
+             "Recipes (args with their defaults):"]
+    for recipe in recipes.recipes():
+        if recipe.mode in modes:
+            lines += _entry(recipe.name, recipe.summary, width=18)
+            lines += _entry("", f"args: {recipes.arg_usage(recipe) or 'none'}", width=18)
+    lines += ["", "Most used overrides (every field of the recipe's config can be set; a field that does not",
+              "exist is refused with the closest real one):"]
+    for override, what in COMMON_OVERRIDES:
+        lines += _entry(override, what.format(data_sources=", ".join(SOURCE_KINDS)), width=40)
+    lines += ["", "Other flags (--helpfull lists every absl flag):"]
+    for flag, what in other_flags:
+        lines += _entry(flag, what, width=40)
+    lines += ["", f"Example: {program} --config=quickstart --workdir=runs/quickstart"]
+    return "\n".join(lines)
+
+
+def _entry(head: str, text: str, width: int) -> list[str]:
+    """`head` in a column of `width` characters, `text` wrapped beside it (under it when `head` is
+    wider than the column)."""
+    indent = " " * width
+    wrapped = textwrap.wrap(text, 100 - width, break_on_hyphens=False) or [""]
+    if len(head) + 3 > width:
+        return [f"  {head}"] + [indent + line for line in wrapped]
+    return [f"  {head:<{width - 2}}{wrapped[0]}"] + [indent + line for line in wrapped[1:]]

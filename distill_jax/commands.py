@@ -1,8 +1,8 @@
 """What every command line of the package shares (no flags are defined here): finding a recipe
 file from `--config=...`, and the one-line error policy.
 
-Used by `distill-jax` / main.py (cli.py), `python -m distill_jax.data.prepare` and
-`python -m distill_jax.plan`.
+Used by `distill-jax` / `python -m distill_jax` / main.py (cli.py, cli_flags.py),
+`python -m distill_jax.data.prepare` and `python -m distill_jax.plan`.
 """
 
 from __future__ import annotations
@@ -26,27 +26,41 @@ def record_command(argv: list[str]) -> None:
 
 
 def invocation() -> str | None:
-    """The command this process runs, as a user would type it again ('python main.py ...' or
-    'distill-jax ...'); None when no command recorded one (a library call)."""
+    """The command this process runs, as a user would type it again ('python main.py ...',
+    'python -m distill_jax ...' or 'distill-jax ...'); None when no command recorded one (a library
+    call)."""
     if _COMMAND is None:
         return None
-    program = os.path.basename(_COMMAND[0])
-    head = ["python", _COMMAND[0]] if program.endswith(".py") else [program]
-    return shlex.join(head + _COMMAND[1:])
+    return shlex.join(program_words(_COMMAND[0]) + _COMMAND[1:])
+
+
+def program_words(argv0: str) -> list[str]:
+    """argv[0] as typed: ['distill-jax'], ['python', 'main.py'], ['python', '-m', 'distill_jax']."""
+    path = Path(argv0)
+    if path.name == "__main__.py":  # python -m <package>
+        return ["python", "-m", path.parent.name]
+    return ["python", argv0] if path.suffix == ".py" else [path.name]
 
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # present in an installed wheel
 
 
+def recipe_dir() -> Path:
+    """The recipes this installation runs by name: the wheel's distill_jax/configs, else (a
+    checkout) the repository's configs/."""
+    return PACKAGED_CONFIGS if PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parents[1] / "configs"
+
+
 def resolve_config_file(spec: str) -> str:
-    """`path[:arg]` -> the same spec, or the packaged recipe of that file name when `path` is not a
-    file here. Also makes the recipe's `configs` package importable (recipes import configs.common)."""
+    """`path[:arg]` -> the same spec, or the recipe of that file name in recipe_dir() when `path` is
+    not a file here. Also makes the recipe's `configs` package importable (recipes import
+    configs.common)."""
     path, sep, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file():
         name = file.name if file.suffix == ".py" else f"{file.name}.py"
-        if (PACKAGED_CONFIGS / name).is_file():
-            file = PACKAGED_CONFIGS / name
+        if (recipe_dir() / name).is_file():
+            file = recipe_dir() / name
     if file.is_file():
         _make_configs_importable(file.resolve().parent)
         spec = f"{file}{sep}{arg}"

@@ -26,15 +26,13 @@ import numpy as np
 from etils import epath
 
 from distill_jax.atomic import write_atomic
+# The loops' one exception for a loss that blew up (distill_jax/loop.py: their finite-loss policy).
+from distill_jax.loop import Diverged, non_finite_reason  # noqa: F401 (Diverged: train.py raises it from here)
 
 WINDOW = 20          # previous per-step losses the median is taken over
 MIN_HISTORY = 3      # no spike verdict before this many losses are known
 SPIKE_FACTOR = 10.0  # loss > SPIKE_FACTOR x median(window) is a spike
 RECORD_NAME = "divergence.json"
-
-
-class Diverged(FloatingPointError):
-    """The loss blew up (non-finite, or a spike); one line naming the last good checkpoint."""
 
 
 def record_path(checkpoint_dir: str) -> str:
@@ -78,7 +76,7 @@ class DivergenceGuard:
 
         bad = first_non_finite(metrics)
         if bad is not None:
-            return f"non-finite {bad} at step {step}"
+            return non_finite_reason(bad, step)
         loss = float(metrics["loss"])
         if len(self.losses) >= self.min_history:
             median = float(np.median(self.losses))

@@ -71,6 +71,21 @@ def write_export(model, local_dir: Path, *, teacher_dir: str, summary: Mapping, 
     return {"sentence_transformers": modules or reason}
 
 
+def rewrite_model_card(export_dir: str, summary: Mapping, evaluation: Mapping[str, float]) -> None:
+    """Re-renders a finished local export's README.md with evaluation numbers measured after the
+    export (e.g. the study's GLUE fine-tunes and zero-shot STS-B), in one atomic write; the weights
+    and every other file stay as they are."""
+    from distill_jax.atomic import write_atomic
+
+    local = Path(export_dir)
+    architecture = json.loads((local / "config.json").read_text())["architectures"][0]
+    card = model_card.render_model_card(summary, export_dir=str(local), architecture=architecture,
+                                        sentence_transformers=st_stack.pooling_summary(local),
+                                        evaluation=evaluation)
+    write_atomic(str(local / "README.md"), card)
+    os.chmod(local / "README.md", 0o644)
+
+
 def export_student(model, export_dir: str, *, teacher_dir: str, summary: Mapping,
                    evaluation: Mapping[str, float] | None = None) -> dict:
     """The export of `model` (an Encoder) at `export_dir` (local or gs://), atomically; see the

@@ -1,10 +1,11 @@
-"""Training metrics: the TensorBoard writer, console lines, parameter overview,
-progress with ETA, and MFU.
+"""Training metrics: the TensorBoard writer, parameter overview, peak FLOP/s for MFU. (Rate,
+ETA and the console line: distill_jax/loop.py.)
 
 Scalar names written to TensorBoard (tags; float32 `simple_value`s, so TensorBoard's
 `EventAccumulator(<workdir>/tensorboard).Scalars(tag)` and tbparse's `.scalars` read them):
   loss                 total objective (weighted sum of the terms)
-  loss/<term>          every objective term on its own (e.g. loss/minilmv2_qq, loss/hs)
+  loss/<term>          every objective term on its own (e.g. loss/minilmv2, loss/hs)
+  loss/<term>/<part>   the parts of a term that has several (e.g. loss/minilmv2/qq, /kk, /vv)
   learning_rate, grad_norm (before clipping)
   perf/steps_per_sec, perf/tokens_per_sec (global batch tokens incl. padding), perf/mfu (0..1)
 """
@@ -155,69 +156,10 @@ def count_parameters(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-class Throughput:
-    """steps/s, tokens/s, MFU and ETA over the interval since the last report."""
-
-    def __init__(self, *, total_steps: int, tokens_per_step: int, flops_per_step: float | None,
-                 peak_flops: float | None, start_step: int):
-        self.total_steps = total_steps
-        self.tokens_per_step = tokens_per_step
-        self.flops_per_step = flops_per_step
-        self.peak_flops = peak_flops
-        self._last_step = start_step
-        self._last_time = time.perf_counter()
-
-    def reset(self, step: int):
-        """Restart the interval (e.g. after compilation or a checkpoint) without reporting."""
-        self._last_step = step
-        self._last_time = time.perf_counter()
-
-    def report(self, step: int) -> dict[str, float]:
-        now = time.perf_counter()
-        steps = step - self._last_step
-        elapsed = max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        if steps <= 0:
-            return {}
-        steps_per_sec = steps / elapsed
-        out = {"perf/steps_per_sec": steps_per_sec,
-               "perf/tokens_per_sec": steps_per_sec * self.tokens_per_step,
-               "perf/eta_s": (self.total_steps - step) / steps_per_sec}
-        if self.flops_per_step and self.peak_flops:
-            out["perf/mfu"] = steps_per_sec * self.flops_per_step / self.peak_flops
-        return out
-
-
-def console_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> str:
-    """One human line: progress, loss, every term, lr, grad norm, speed, MFU, ETA."""
-    parts = [f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.0f}%)",
-             f"loss {scalars['loss']:.4f}"]
-    terms = [f"{k[len('loss/'):]} {v:.4f}" for k, v in scalars.items() if k.startswith("loss/")]
-    if terms:
-        parts.append("[" + ", ".join(terms) + "]")
-    parts.append(f"lr {scalars['learning_rate']:.2e}")
-    parts.append(f"gnorm {scalars['grad_norm']:.3f}")
-    if "perf/steps_per_sec" in scalars:
-        parts.append(f"{scalars['perf/steps_per_sec']:.2f} steps/s")
-        parts.append(f"{scalars['perf/tokens_per_sec']:.0f} tok/s")
-    if "perf/mfu" in scalars:
-        parts.append(f"MFU {100 * scalars['perf/mfu']:.1f}%")
-    if "perf/eta_s" in scalars:
-        parts.append(f"ETA {format_duration(scalars['perf/eta_s'])}")
-    return " | ".join(parts)
-
-
 def create_writer(workdir: str):
     """TensorBoard event writer (distill_jax/event_writer.py, no TensorFlow) of workdir/tensorboard,
     on process 0 only (the other processes get one that drops everything); .close() at the end.
-    Console output is `console_line`'s job."""
+    Console output is loop.progress_line's job."""
     from distill_jax.event_writer import EventWriter
     from distill_jax.workdir_layout import Workdir
 

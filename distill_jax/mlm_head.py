@@ -34,10 +34,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distill_jax import sharding, workdir_layout
+from distill_jax import loop, sharding, workdir_layout
 from distill_jax.workdir_layout import Workdir
 
 HEAD = "mlm_head"   # the Encoder attribute holding the head's parameters
+RECORD_NAME = "fit_record.json"   # in the workdir; with export/ beside it, the mark of a finished fit
 
 
 def log(message: str) -> None:
@@ -138,7 +139,7 @@ def check_config(config) -> None:
 
 def finished_fit(workdir: str) -> dict | None:
     """The fit record of a head fitted and exported in workdir, else None (not fitted or not done)."""
-    record_path = os.path.join(workdir, "fit_record.json")
+    record_path = os.path.join(workdir, RECORD_NAME)
     if not (os.path.isfile(record_path) and os.path.isfile(Workdir(workdir).path(workdir_layout.EXPORT, "config.json"))):
         return None
     with open(record_path) as f:
@@ -157,7 +158,7 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     config = ml_collections.ConfigDict(config)
     workdir = os.path.abspath(workdir)
-    record_path = os.path.join(workdir, "fit_record.json")
+    record_path = os.path.join(workdir, RECORD_NAME)
     done = finished_fit(workdir)
     if done is not None:
         log(f"already fitted: {record_path} (delete the workdir to fit again)")
@@ -170,15 +171,8 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start, cpu_start = time.time(), time.process_time()
 
     mesh = sharding.make_mesh(-1, 1, 1)
-    teacher, cfg, report = models.load_pretrained(teacher_dir, with_mlm_head=True,
-                                                 rngs=nnx.Rngs(int(config.seed)))
-    from distill_jax.models.hf_names import mlm_head_prefix
-    head_missing = [name for name in report.missing if name.startswith(mlm_head_prefix(cfg.family))]
-    log(f"teacher {config.teacher.name} ({cfg.num_layers}x{cfg.hidden_size}) from {teacher_dir}; "
-        + ("fresh MLM head (the checkpoint has none)" if head_missing else "starting from the checkpoint's MLM head"))
-    graphdef, frozen, head = split_head(teacher)
     repl = sharding.replicated(mesh)
-    frozen, head = jax.device_put(frozen, repl), jax.device_put(head, repl)
+    cfg, graphdef, frozen, head = _load_teacher(config, teacher_dir, repl)
 
     tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     opt_state = tx.init(head)
@@ -197,42 +191,16 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_index=jax.process_index(), process_count=jax.process_count(), seed=int(config.seed),
         mlm=train_data.mlm)
     restored = checkpointer.restore_latest(abstract)
-    meta: dict = {}
-    if restored is not None:
-        state, meta = restored.state, restored.meta
+    if restored is not None:   # the "before" figures and the curve were saved with the checkpoint
+        state, before, history = restored.state, restored.meta["before"], list(restored.meta.get("history", []))
         train_it.set_state(restored.data_state)
         log(f"resumed from checkpoint step {restored.step}")
-        before = meta["before"]
     else:
         log(f"evaluating the fresh head on {len(eval_batches)} batches of {config.eval_batch_size} x "
             f"{eval_data.seq_len}")
-        before = evaluate(eval_step, state["head"], frozen, eval_batches, mesh)
+        before, history = evaluate(eval_step, state["head"], frozen, eval_batches, mesh), []
         log(f"before: masked-token accuracy {before['accuracy']:.2f}%, perplexity {before['perplexity']:.1f}")
-    history = list(meta.get("history", []))
-    step = int(jax.device_get(state["step"]))
-    head, opt_state = state["head"], state["opt_state"]
-    loop_start, steps_this_run, pending = time.time(), 0, []
-    while step < config.total_steps:
-        batch = sharding.global_batch_from_local(next(train_it), mesh)
-        head, opt_state, metrics = train_step(head, opt_state, frozen, batch)
-        step += 1
-        steps_this_run += 1
-        pending.append(metrics)
-        if step % config.log_every == 0 or step == config.total_steps:
-            values = jax.device_get(pending)
-            pending = []
-            row = {"step": step, "loss": float(np.mean([v["loss"] for v in values])),
-                   "accuracy": 100.0 * float(np.mean([v["accuracy"] for v in values]))}
-            if not np.isfinite(row["loss"]):
-                raise FloatingPointError(f"non-finite MLM loss at step {step}; lower optim.learning_rate")
-            history.append(row)
-            rate = steps_this_run / max(time.time() - loop_start, 1e-9)
-            eta = (config.total_steps - step) / max(rate, 1e-9)
-            log(f"step {step}/{config.total_steps} | loss {row['loss']:.3f} | masked acc {row['accuracy']:.1f}% | "
-                f"{rate:.2f} steps/s | ETA {eta / 60:.1f} min")
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
-            state = {"step": jnp.asarray(step, jnp.int32), "head": head, "opt_state": opt_state}
-            checkpointer.save(step, state, train_it.get_state(), {"before": before, "history": history})
+    head, step = _fit_steps(config, train_step, frozen, train_it, mesh, checkpointer, state, before, history)
     checkpointer.close()
 
     after = evaluate(eval_step, head, frozen, eval_batches, mesh)
@@ -245,25 +213,90 @@ def fit_mlm_head(config: ml_collections.ConfigDict, workdir: str) -> dict:
         models.export_pretrained(model, export_dir, tokenizer_dir=teacher_dir)
     record = {
         "teacher": config.teacher.name, "teacher_dir": teacher_dir, "export_dir": export_dir,
-        "steps": step, "batch_size": int(config.batch_size), "seq_len": int(config.data.seq_len),
-        "train_tokens": step * int(config.batch_size) * int(config.data.seq_len),
-        "trainable_parameters": int(sum(x.size for x in jax.tree.leaves(head))),
-        "train_corpus": _describe(config.data), "eval_corpus": _describe(config.eval_data),
-        "eval_masking": dict(config.eval_data.mlm), "eval_seed": int(config.eval_seed),
-        "before": before, "after": after, "history": history,
+        **_fit_facts(config, step, head), "before": before, "after": after, "history": history,
         "optim": config.optim.to_dict(),
         "times_s": {"wall_this_run": time.time() - t_start, "cpu_this_run": time.process_time() - cpu_start},
         "devices": {"platform": jax.devices()[0].platform, "count": jax.device_count()},
     }
     if jax.process_index() == 0:
-        with open(record_path, "w") as f:
-            json.dump(record, f, indent=1)
-        if history:
-            from distill_jax.plots import plot_loss_curves
-            plot_loss_curves(history, Workdir(workdir).loss_curves,
-                             title=f"MLM head fit on frozen {config.teacher.name}")
-        log(f"teacher + head exported (HF *ForMaskedLM) to {export_dir}; record {record_path}")
+        _write_record(config, workdir, record)
     return record
+
+
+def _write_record(config, workdir: str, record: dict) -> None:
+    """workdir/RECORD_NAME (written after the export: finished_fit's mark) and the fit's loss
+    curve, workdir/loss_curves.png."""
+    record_path = os.path.join(workdir, RECORD_NAME)
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=1)
+    if record["history"]:
+        from distill_jax.plots import plot_loss_curves
+        plot_loss_curves(record["history"], Workdir(workdir).loss_curves,
+                         title=f"MLM head fit on frozen {config.teacher.name}")
+    log(f"teacher + head exported (HF *ForMaskedLM) to {record['export_dir']}; record {record_path}")
+
+
+def _load_teacher(config, teacher_dir: str, repl) -> tuple[Any, Any, dict, dict]:
+    """(EncoderConfig, graphdef, frozen params, head params) of the teacher with an MLM head (the
+    checkpoint's, or a fresh one when it has none), the params replicated over `repl`."""
+    from distill_jax import models
+    from distill_jax.models.hf_names import mlm_head_prefix
+
+    teacher, cfg, report = models.load_pretrained(teacher_dir, with_mlm_head=True,
+                                                 rngs=nnx.Rngs(int(config.seed)))
+    head_missing = [name for name in report.missing if name.startswith(mlm_head_prefix(cfg.family))]
+    log(f"teacher {config.teacher.name} ({cfg.num_layers}x{cfg.hidden_size}) from {teacher_dir}; "
+        + ("fresh MLM head (the checkpoint has none)" if head_missing else "starting from the checkpoint's MLM head"))
+    graphdef, frozen, head = split_head(teacher)
+    return cfg, graphdef, jax.device_put(frozen, repl), jax.device_put(head, repl)
+
+
+def _fit_facts(config, step: int, head: dict) -> dict:
+    """What the fit trained on, for its record: steps, batch, tokens, trainable parameters, the
+    corpora (portable names) and the eval masking."""
+    return {"steps": step, "batch_size": int(config.batch_size), "seq_len": int(config.data.seq_len),
+            "train_tokens": step * int(config.batch_size) * int(config.data.seq_len),
+            "trainable_parameters": int(sum(x.size for x in jax.tree.leaves(head))),
+            "train_corpus": _describe(config.data), "eval_corpus": _describe(config.eval_data),
+            "eval_masking": dict(config.eval_data.mlm), "eval_seed": int(config.eval_seed)}
+
+
+def _fit_steps(config, train_step, frozen: dict, train_it, mesh, checkpointer, state: dict, before: dict,
+               history: list[dict]) -> tuple[dict, int]:
+    """The fit's loop from state["step"] to config.total_steps: (the head, the last step). Logs
+    every config.log_every steps (a loop.history_row per log appended to `history`) and saves every
+    config.checkpoint_every, each fetched step checked by the finite-loss policy first."""
+    step = int(jax.device_get(state["step"]))
+    head, opt_state = state["head"], state["opt_state"]
+    progress = loop.Progress(config.total_steps, step)
+    pending, unlogged = [], []   # device metrics not fetched yet; fetched host metrics not logged yet
+    hint = "lower --config.optim.learning_rate (the checkpoints predate it)"
+    while step < config.total_steps:
+        batch = sharding.global_batch_from_local(next(train_it), mesh)
+        head, opt_state, metrics = train_step(head, opt_state, frozen, batch)
+        step += 1
+        pending.append(metrics)
+        log_now = loop.log_due(step, config.log_every, config.total_steps)
+        save_now = step % config.checkpoint_every == 0 or step == config.total_steps
+        if log_now or save_now:
+            # Every fetched step is checked before anything is logged or saved.
+            fetched, pending = jax.device_get(pending), []
+            for index, v in enumerate(fetched):
+                loop.check_finite(step - len(fetched) + index + 1, {"loss": v["loss"], "grad_norm": v["grad_norm"]},
+                                  hint=hint, run="the MLM-head fit")
+            unlogged += fetched
+        if log_now:
+            row = loop.history_row(step, {"loss": float(np.mean([v["loss"] for v in unlogged])),
+                                          "accuracy": 100.0 * float(np.mean([v["accuracy"] for v in unlogged]))})
+            unlogged = []
+            history.append(row)
+            log(loop.progress_line(step, config.total_steps, [f"loss {row['loss']:.3f}",
+                                                              f"masked acc {row['accuracy']:.1f}%"],
+                                   progress.report(step)))
+        if save_now:
+            state = {"step": jnp.asarray(step, jnp.int32), "head": head, "opt_state": opt_state}
+            checkpointer.save(step, state, train_it.get_state(), {"before": before, "history": history})
+    return head, step
 
 
 def _describe(data_cfg) -> str:

@@ -120,7 +120,7 @@ def render_model_card(summary: Mapping, *, export_dir: str, architecture: str,
         "Command:",
         "",
         "```bash",
-        summary.get("command") or "train_and_evaluate(config, workdir) from Python (no command line)",
+        summary.get("command") or "run_training(config, workdir) from Python (no command line)",
         "```",
         "",
     ]

@@ -3,7 +3,7 @@
 Fields split in two:
   * operational: how the run goes, not what its checkpoints hold, so they may change between a run
     and its resume: OPERATIONAL_FIELDS (also what the method study leaves out of a method's
-    identity, studies/distill_methods.py) plus RESUME_OPERATIONAL_FIELDS (the run length, the mesh
+    identity, studies/identity.py) plus RESUME_OPERATIONAL_FIELDS (the run length, the mesh
     and memory layout, which restore into any other);
   * everything else (model shapes, teacher, objective, data, optimizer, seed, batch size): a
     change makes the checkpoints mean something else, and the run refuses in one line listing the

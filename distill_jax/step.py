@@ -132,12 +132,9 @@ def make_train_step(*, student_graphdef: Any, teacher_graphdef: Any, objective: 
 
 
 def first_non_finite(metrics: dict) -> str | None:
-    """Name of the first NaN/Inf entry of host-side step metrics ("loss", "terms/hs", ...), or None."""
-    import math
-    flat = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
-            **{f"terms/{k}": v for k, v in metrics["terms"].items()}}
-    # Report a term before the total: the term is the cause, the loss only inherits it.
-    for name in sorted(flat, key=lambda n: (not n.startswith("terms/"), n)):
-        if not math.isfinite(float(flat[name])):
-            return name
-    return None
+    """Name of the first NaN/Inf entry of host-side step metrics ("loss", "terms/hs", ...), or None
+    (a term before the total: the loops' one rule, distill_jax.loop.first_non_finite)."""
+    from distill_jax.loop import first_non_finite as first_in
+
+    return first_in({"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+                     **{f"terms/{k}": v for k, v in metrics["terms"].items()}})

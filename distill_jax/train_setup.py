@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -203,21 +202,16 @@ class TrainSetup:
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    rules: tuple
-    abstract: bool
     teacher_cfg: Any           # models.EncoderConfig (compute dtype and heads as the step runs it)
     student_cfg: Any
     objective: Any             # losses.Objective
-    tx: optax.GradientTransformation
-    lr_schedule: optax.Schedule
     teacher_graphdef: Any
     student_graphdef: Any
     teacher_params: Any        # pure dict: arrays, or ShapeDtypeStructs when abstract
     teacher_shardings: Any
     state: Any                 # {"step", "params": {"student", "aux"}, "opt_state"}
     state_shardings: Any
-    train_step: Callable       # the pure step (distill_jax.step.make_train_step)
-    jitted: Any                # jax.jit(train_step) with shardings, the state donated
+    jitted: Any                # jax.jit(the pure step: step.make_train_step) with shardings, state donated
     teacher_model: Any = None  # the loaded teacher nnx module (real mode only)
 
     @property
@@ -234,9 +228,6 @@ class TrainSetup:
                               self.mlm_positions, segment_ids=bool(self.config.data.segment_ids))
         return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(self.mesh, len(shape)))
                 for k, (shape, dtype) in shapes.items()}
-
-    def abstract_state(self) -> Any:
-        return abstract_like(self.state, self.state_shardings)
 
     def lower(self, batch: Any = None):
         """jitted.lower over this setup's state and teacher params and `batch` (default: the
@@ -420,13 +411,11 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
     jitted = jax.jit(step_in_mesh,
                      in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh, 1)),
                      out_shardings=(state_shardings, repl), donate_argnums=(0,))
-    return TrainSetup(config=config, mesh=mesh, rules=rules, abstract=abstract,
-                      teacher_cfg=teacher_cfg, student_cfg=student_cfg, objective=objective, tx=tx,
-                      lr_schedule=lr_schedule, teacher_graphdef=teacher_graphdef,
+    return TrainSetup(config=config, mesh=mesh, teacher_cfg=teacher_cfg, student_cfg=student_cfg,
+                      objective=objective, teacher_graphdef=teacher_graphdef,
                       student_graphdef=student_graphdef, teacher_params=teacher_params,
                       teacher_shardings=teacher_shardings, state=state,
-                      state_shardings=state_shardings, train_step=train_step, jitted=jitted,
-                      teacher_model=teacher_model)
+                      state_shardings=state_shardings, jitted=jitted, teacher_model=teacher_model)
 
 
 def _float32_teacher(models, teacher_model, teacher_dir, teacher_cfg, teacher_params, teacher_graphdef):
@@ -438,31 +427,3 @@ def _float32_teacher(models, teacher_model, teacher_dir, teacher_cfg, teacher_pa
                          "(config.teacher.name=<a directory with model.safetensors>)")
     model, _, _ = models.load_pretrained(teacher_dir, dtype="float32", param_dtype="float32")
     return model
-
-
-def memory_bytes(compiled) -> dict[str, int] | None:
-    """Per-device bytes of a compiled step from XLA's memory_analysis() (None when the backend
-    reports none): arguments, outputs, temporaries, aliased (donated state reuses its input
-    buffers) and total = arguments + outputs + temporaries - aliased."""
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return None
-    if mem is None:
-        return None
-    out = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
-           "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes),
-           "generated_code": int(mem.generated_code_size_in_bytes)}
-    out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
-    return out
-
-
-def tree_bytes_per_device(tree: Any, shardings: Any) -> int:
-    """Bytes one device holds of `tree` (arrays or ShapeDtypeStructs) under `shardings`: each
-    array's shard shape times its item size (replicated arrays count whole on every device)."""
-    total = 0
-    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(
-            shardings, is_leaf=lambda v: isinstance(v, jax.sharding.Sharding))):
-        shard = s.shard_shape(tuple(x.shape))
-        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
-    return int(total)

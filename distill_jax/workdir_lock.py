@@ -15,7 +15,8 @@ what to do (wait, stop it, or delete the LOCK file when the holder is known to b
 Create-if-absent: local paths use O_CREAT|O_EXCL (atomic). etils.epath offers no conditional write
 for gs:// (GCS's `ifGenerationMatch=0` is not exposed), so there the lock is check, write, re-read
 after LOCK_SETTLE_S: two runs starting within a second of each other can both see an absent lock;
-the re-read catches the loser unless both writes land in the same instant. Documented in README.
+the re-read catches the loser unless both writes land in the same instant. Documented in
+docs/configs.md.
 
 Multi-process runs: only process 0 takes the lock (it alone writes config.json, summaries and
 exports; every process writes its checkpoint shards under orbax's own coordination). The other

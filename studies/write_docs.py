@@ -1,20 +1,19 @@
-"""Copies the study's results into README.md and BUILD_NOTES.md, between their markers:
+"""Copies the study's results into docs/results/study.md, between its markers:
 
     python -m studies.write_docs                      # after the study (or its report_only step)
-    python -m studies.write_docs --report_dir=docs/study --readme=README.md --build_notes=BUILD_NOTES.md
+    python -m studies.write_docs --report_dir=docs/study --page=docs/results/study.md
     python -m studies.write_docs --budget_dirs=docs/study_4000   # also the budget comparison
     python -m studies.write_docs --budget_dirs=docs/study_4000 --shape_dirs=docs/study_3x192  # and the shapes
 
-README.md <!-- study-table -->: the results table of <report_dir>/study_results.md (built from the
-records alone by the study's report step) and its chart. README.md <!-- study-budget --> (only with
---budget_dirs): every method that the other report directories (the same study at another
-`steps=`) also hold, one row per token budget, from each directory's study_results.json, plus each
-distillation's last logged loss from its record. BUILD_NOTES.md <!-- study-cost -->: the
-measured cost per method and task (CPU- and wall-minutes per fine-tuning run, each distillation's
-steps, tokens and minutes) and how many records exist, from <report_dir>/records/*.json.
-README.md <!-- study-shapes --> (only with --shape_dirs): every (method, student shape) of
---report_dir and the shapes' dirs, with SST-2, zero-shot STS-B, parameters and latency.
-Nothing else in either file is touched; a missing marker is one error line.
+<!-- study-table -->: the results table of <report_dir>/study_results.md (built from the records
+alone by the study's report step) and its chart. <!-- study-budget --> (only with --budget_dirs):
+every method that the other report directories (the same study at another `steps=`) also hold, one
+row per token budget, from each directory's study_results.json, plus each distillation's last
+logged loss from its record. <!-- study-shapes --> (only with --shape_dirs): every (method, student
+shape) of --report_dir and the shapes' dirs, with SST-2, zero-shot STS-B, parameters and latency.
+<!-- study-cost -->: the measured cost per method and task (CPU- and wall-minutes per fine-tuning
+run, each distillation's steps, tokens and minutes) and how many records exist, from
+<report_dir>/records/*.json. Nothing else in the page is touched; a missing marker is one error line.
 """
 
 from __future__ import annotations
@@ -26,10 +25,12 @@ import os
 import re
 import sys
 
-from studies.distill_methods import distill_seconds, untimed_scale_from
+from distill_jax.evaluate.run import split_list
+from studies.ledger import distill_seconds, untimed_scale_from
 
-README_MARKERS = ("<!-- study-table -->", "<!-- /study-table -->")
-NOTES_MARKERS = ("<!-- study-cost -->", "<!-- /study-cost -->")
+STUDY_PAGE = "docs/results/study.md"
+TABLE_MARKERS = ("<!-- study-table -->", "<!-- /study-table -->")
+COST_MARKERS = ("<!-- study-cost -->", "<!-- /study-cost -->")
 BUDGET_MARKERS = ("<!-- study-budget -->", "<!-- /study-budget -->")
 SHAPES_MARKERS = ("<!-- study-shapes -->", "<!-- /study-shapes -->")
 
@@ -42,12 +43,12 @@ def _records(report_dir: str) -> list[dict]:
     return out
 
 
-def readme_block(report_dir: str, readme_dir: str) -> str:
+def table_block(report_dir: str, page_dir: str) -> str:
     """The results table (the first paragraph of study_results.md) and the chart, linked relative
-    to the README's folder."""
+    to the page's folder."""
     with open(os.path.join(report_dir, "study_results.md")) as f:
         table = f.read().split("\n\n", 1)[0].strip()
-    chart = os.path.relpath(os.path.join(report_dir, "study_results.png"), readme_dir)
+    chart = os.path.relpath(os.path.join(report_dir, "study_results.png"), page_dir)
     return f"{table}\n\n![study chart]({chart})"
 
 
@@ -166,42 +167,32 @@ def replace_between(text: str, markers: tuple[str, str], block: str, path: str) 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--report_dir", default="docs/study")
-    p.add_argument("--readme", default="README.md")
-    p.add_argument("--build_notes", default="BUILD_NOTES.md")
+    p.add_argument("--page", default=STUDY_PAGE, help="the results page holding the markers")
     p.add_argument("--preset", default="cpu", help="the study preset (for the totals: methods, runs)")
     p.add_argument("--budget_dirs", default="", help="comma list of report dirs of the same study at other "
-                   "steps= (e.g. docs/study_4000): fills README's <!-- study-budget --> block")
+                   "steps= (e.g. docs/study_4000): fills the <!-- study-budget --> block")
     p.add_argument("--shape_dirs", default="", help="comma list of report dirs of the same study at another "
-                   "student= (e.g. docs/study_3x192): fills README's <!-- study-shapes --> block")
+                   "student= (e.g. docs/study_3x192): fills the <!-- study-shapes --> block")
     args = p.parse_args(argv)
     from configs import study
-    from studies.distill_methods import _split
 
     config = study.get_config(f"preset={args.preset}")
     methods = [m for m in config.methods if m not in study.REFERENCES]
-    runs_total = (len(config.methods) * len(_split(config.glue.tasks)) * len(_split(config.glue.seeds))
-                  * len(_split(config.glue.learning_rates)))
-    updates = {
-        args.readme: (README_MARKERS, readme_block(args.report_dir, os.path.dirname(os.path.abspath(args.readme)))),
-        args.build_notes: (NOTES_MARKERS, cost_block(_records(args.report_dir), methods=len(methods),
-                                                     runs_total=runs_total)),
-    }
+    runs_total = (len(config.methods) * len(split_list(config.glue.tasks)) * len(split_list(config.glue.seeds))
+                  * len(split_list(config.glue.learning_rates)))
+    blocks = [(TABLE_MARKERS, table_block(args.report_dir, os.path.dirname(os.path.abspath(args.page)))),
+              (COST_MARKERS, cost_block(_records(args.report_dir), methods=len(methods), runs_total=runs_total))]
     if args.budget_dirs:
-        budget = budget_block([args.report_dir, *_split(args.budget_dirs)])
+        blocks.append((BUDGET_MARKERS, budget_block([args.report_dir, *split_list(args.budget_dirs)])))
     if args.shape_dirs:
-        shapes = shapes_block([args.report_dir, *_split(args.shape_dirs)])
-    texts = {}
-    for path, (markers, block) in updates.items():   # every block is checked before any file is written
-        with open(path) as f:
-            texts[path] = replace_between(f.read(), markers, block, path)
-    if args.budget_dirs:
-        texts[args.readme] = replace_between(texts[args.readme], BUDGET_MARKERS, budget, args.readme)
-    if args.shape_dirs:
-        texts[args.readme] = replace_between(texts[args.readme], SHAPES_MARKERS, shapes, args.readme)
-    for path, text in texts.items():
-        with open(path, "w") as f:
-            f.write(text)
-        print(f"wrote {path}")
+        blocks.append((SHAPES_MARKERS, shapes_block([args.report_dir, *split_list(args.shape_dirs)])))
+    with open(args.page) as f:
+        text = f.read()
+    for markers, block in blocks:   # every block is checked before the page is written
+        text = replace_between(text, markers, block, args.page)
+    with open(args.page, "w") as f:
+        f.write(text)
+    print(f"wrote {args.page}")
     return 0
 
 

@@ -1,9 +1,13 @@
-"""The command line (distill_jax/cli.py, what `python main.py` and `distill-jax` run): every field of
-every recipe can be set with --config.<field>=..., a field that does not exist gets one line with the
-closest real one, and transformers' "PyTorch was not found" warning is dropped (only that one, for
-library users too)."""
+"""The command line (distill_jax/cli.py, what `python main.py`, `python -m distill_jax` and
+`distill-jax` run): every field of every recipe can be set with --config.<field>=..., a field that
+does not exist gets one line with the closest real one, and transformers' "PyTorch was not found"
+warning is dropped (only that one, for library users too). It explains itself: --help lists every
+recipe it runs with its args, read from the recipe's own source, and exits 0; --version, no
+arguments, an unknown recipe and an install without the [train] extra each answer in one line."""
 
+import ast
 import importlib
+import re
 import subprocess
 import sys
 import time
@@ -91,7 +95,7 @@ def test_every_field_of_every_recipe_is_settable_from_the_command_line(spec):
 
 
 def test_a_user_corpus_from_the_command_line():
-    """The README's data-source table, used without writing a config file."""
+    """docs/data.md's data-source table, used without writing a config file."""
     c = parse(["prog", f"--config={REPO}/configs/quickstart.py", "--config.data.source=wikiextractor",
                "--config.data.paths=/corpus/a,/corpus/b"])
     from distill_jax.data.config import as_path_list, validate_data_config
@@ -124,18 +128,23 @@ def test_a_mistyped_field_gets_one_line_with_the_suggestion(tmp_path, override, 
     assert not (tmp_path / "w").exists()
 
 
-# Makes torch unfindable for this interpreter (what a machine without torch sees): a PathFinder
-# that answers None for torch, in the place of the real one.
-_HIDE_TORCH = """
+def hide_modules(*names: str) -> str:
+    """Python source that makes `names` (top-level packages) unfindable for the interpreter that
+    runs it, as on a machine without them: a PathFinder that answers None for them, in the place
+    of the real one."""
+    return f"""
 import importlib.machinery, sys
-class _NoTorch(importlib.machinery.PathFinder):
+class _Hide(importlib.machinery.PathFinder):
     @classmethod
     def find_spec(cls, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
+        if name.split(".")[0] in {names!r}:
             return None
         return importlib.machinery.PathFinder.find_spec(name, path, target)
-sys.meta_path = [_NoTorch if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+sys.meta_path = [_Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 """
+
+
+_HIDE_TORCH = hide_modules("torch")
 
 
 @pytest.mark.parametrize("first_import", ["", "import distill_jax\n", "import distill_jax.cli\n"])
@@ -159,5 +168,154 @@ def test_the_recorded_command_is_the_one_to_type_again():
     assert commands.invocation() == "python main.py --config=configs/quickstart.py:steps=10 '--workdir=runs/a b'"
     commands.record_command(["/venv/bin/distill-jax", "--config=quickstart", "--workdir=w"])
     assert commands.invocation() == "distill-jax --config=quickstart --workdir=w"
+    commands.record_command(["/venv/lib/site-packages/distill_jax/__main__.py", "--config=glue"])
+    assert commands.invocation() == "python -m distill_jax --config=glue"
     commands._COMMAND = None  # a library call records nothing
     assert commands.invocation() is None
+
+
+# ----------------------------------------------------------------------------------------------
+# A command that explains itself
+# ----------------------------------------------------------------------------------------------
+
+# The checkout's main.py runs every recipe; `python -m distill_jax` (the packaged command) runs the
+# wheel's modes only, so not the study (studies/ is not in the wheel).
+COMMANDS = {"main.py": [str(REPO / "main.py")], "-m distill_jax": ["-m", "distill_jax"]}
+
+
+def run_command(command: str, *args, code: str = "", timeout=120):
+    """`command` with `args` in a subprocess from the repository root; `code` runs first (in the
+    same interpreter) when given."""
+    if code:
+        target = f"runpy.run_module('distill_jax', run_name='__main__', alter_sys=True)" \
+            if command == "-m distill_jax" else f"runpy.run_path({str(REPO / 'main.py')!r}, run_name='__main__')"
+        argv0 = "distill_jax/__main__.py" if command == "-m distill_jax" else "main.py"
+        head = ["-c", f"{code}\nimport runpy, sys\nsys.argv = [{argv0!r}] + sys.argv[1:]\n{target}"]
+    else:
+        head = COMMANDS[command]
+    return subprocess.run([sys.executable, *head, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def parse_arg_defaults(name: str, monkeypatch) -> dict:
+    """The keyword defaults the recipe's get_config passes to parse_arg, seen by running it."""
+    from configs import common
+
+    module = importlib.import_module(f"configs.{name}")
+    real, seen = common.parse_arg, []
+
+    def spy(arg, **defaults):
+        seen.append(defaults)
+        return real(arg, **defaults)
+
+    monkeypatch.setattr(common, "parse_arg", spy)
+    if hasattr(module, "parse_arg"):  # `from configs.common import parse_arg`
+        monkeypatch.setattr(module, "parse_arg", spy)
+    config = module.get_config()
+    return seen[0], config  # the recipe's own call comes first (a base recipe's may follow)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_a_recipe_is_described_from_its_source_as_it_runs(name, monkeypatch):
+    """recipes.describe reads the args and mode without importing the recipe; running the recipe
+    gives the same arg names and defaults and the same config.mode."""
+    from distill_jax import recipes
+
+    described = recipes.describe(REPO / "configs" / f"{name}.py")
+    defaults, config = parse_arg_defaults(name, monkeypatch)
+    assert list(described.args) == list(defaults)
+    for key, value in described.args.items():
+        assert value is ... or value == defaults[key], (key, value, defaults[key])
+    assert described.mode == config.mode
+    assert described.summary and "\n" not in described.summary
+    # And get_config refuses exactly the args that are not these.
+    with pytest.raises(ValueError, match="this config takes") as refused:
+        importlib.import_module(f"configs.{name}").get_config("no_such_arg=1")
+    assert sorted(ast.literal_eval(str(refused.value).split("this config takes ")[1])) == sorted(defaults)
+
+
+def recipe_blocks(help_text: str) -> dict[str, str]:
+    """name -> the lines (summary and args) of each recipe listed by --help."""
+    section = help_text.split("Recipes (args with their defaults):\n")[1].split("\n\n")[0]
+    blocks = re.split(r"^  (?=\S)", section, flags=re.M)
+    return {b.split()[0]: " ".join(b.split()[1:]) for b in blocks if b.strip()}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_lists_every_recipe_it_runs_with_its_args_and_exits_0(command):
+    from distill_jax import recipes
+
+    proc = run_command(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    listed = recipe_blocks(proc.stdout)
+    expected = set(RECIPES) - ({"study"} if command == "-m distill_jax" else set())
+    assert set(listed) == expected, proc.stdout
+    for name, text in listed.items():
+        module = importlib.import_module(f"configs.{name}")
+        first_words = " ".join(module.__doc__.split()[:6])
+        assert text.startswith(first_words), (name, text)
+        args = text.split("args: ")[1]
+        for key, default in recipes.describe(REPO / "configs" / f"{name}.py").args.items():
+            assert re.search(rf"(^| ){key}(=| |$)", args), (name, key, args)
+            if default not in (..., "", False, True):
+                assert f"{key}={default}" in args
+    for override in ("--config.teacher.name=", "--config.total_steps=", "--config.data.paths="):
+        assert override in proc.stdout
+    assert "--distributed" in proc.stdout and "--num_processes" in proc.stdout
+    # One recipe's whole description.
+    proc = run_command(command, "--config=glue", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert importlib.import_module("configs.glue").__doc__.strip() in proc.stdout
+    assert "max_train=0" in proc.stdout
+
+
+def test_the_overrides_help_shows_are_real_fields():
+    from configs import common
+    from distill_jax.cli import COMMON_OVERRIDES
+    from distill_jax.cli_flags import config_field_paths
+
+    fields = set(config_field_paths(common.base_config()))
+    named = [f for usage, what in COMMON_OVERRIDES for f in re.findall(r"--config\.([\w.]+)=", usage)]
+    named += [f for usage, what in COMMON_OVERRIDES for f in re.findall(r"\b((?:student|optim|mesh|data)\.\w+)", what)]
+    assert len(named) >= 10
+    assert set(named) <= fields, set(named) - fields
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_version_no_arguments_and_an_unknown_recipe_answer_in_one_line(command, tmp_path):
+    from distill_jax import __version__
+
+    proc = run_command(command, "--version")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"distill_jax {__version__}\n", "")
+
+    proc = run_command(command)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("usage: "), proc.stderr
+    assert "--config=<recipe>" in proc.stderr and "--help lists the recipes" in proc.stderr
+
+    for spec in ("no_such_recipe", "configs/no_such_recipe.py:runlocal"):
+        proc = run_command(command, f"--config={spec}", f"--workdir={tmp_path / 'w'}")
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"error: --config={spec}: no such recipe;"), line
+        assert "quickstart, study," in line if command == "main.py" else "quickstart, xlmr_l6_h384" in line
+    assert not (tmp_path / "w").exists()
+
+    # A recipe's bare name is found from the checkout too, and the run goes on to the config check.
+    proc = run_command(command, "--config=quickstart", "--config.total_steps=0", f"--workdir={tmp_path / 'w'}")
+    assert (proc.returncode, proc.stderr) == (1, "error: config.total_steps=0: must be a positive integer\n")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_install_without_the_train_extra_names_it_in_one_line(command):
+    hide = hide_modules("absl", "ml_collections")
+    probe = subprocess.run([sys.executable, "-c", hide + "import absl"], capture_output=True, text=True)
+    assert "ModuleNotFoundError" in probe.stderr  # the hiding works (so the checks below can fail)
+    program = r"python \S*main\.py" if command == "main.py" else r"python -m distill_jax"
+    want = rf'error: {program} needs the \[train\] extra \(absl is not installed\): pip install "distill_jax\[train\]"\n'
+    for args in (["--config=quickstart", "--workdir=w"], ["--help"], []):
+        proc = run_command(command, *args, code=hide)
+        assert proc.returncode == 1 and re.fullmatch(want, proc.stderr), (args, proc.stderr)
+    proc = run_command(command, "--version", code=hide)
+    assert proc.returncode == 0 and proc.stdout.startswith("distill_jax "), proc.stderr

@@ -52,7 +52,7 @@ def test_recipe_loads_validates_and_documents_its_launch_command(name):
 @pytest.mark.parametrize("name", RECIPES)
 def test_pod_recipe_names_the_slice_to_plan_and_its_mesh_fits_it(name):
     """Each pod recipe's docstring carries `python -m distill_jax.plan ... --topology=<slice>` (the
-    README table is generated from these lines); the recipe's mesh and batch split over that slice."""
+    table of docs/results/plan.md is generated from these lines); the recipe's mesh and batch split over that slice."""
     from benchmarks.plan_table import PLAN_LINE
     from distill_jax import sharding
     from distill_jax.plan import parse_topology

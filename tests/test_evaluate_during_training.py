@@ -35,14 +35,14 @@ def test_stsb_every_logs_the_students_score_like_a_loss_term(tmp_path):
 
     from distill_jax.evaluate import stsb
     from distill_jax.evaluate.during_training import STSB_KEY
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     teacher = save_tiny_bert(tmp_path / "teacher", num_layers=4, hidden_size=32, num_heads=4, intermediate_size=64,
                              with_mlm_head=False)
     glue_dir = tmp_path / "glue"
     _write_stsb(glue_dir)
     workdir = tmp_path / "run"
-    result = train_and_evaluate(_config(teacher, glue_dir, str(tmp_path / "cache")), str(workdir))
+    result = run_training(_config(teacher, glue_dir, str(tmp_path / "cache")), str(workdir))
 
     history = json.loads((workdir / "checkpoints" / "history.json").read_text())   # the resumable curve
     scored = {row["step"]: row[STSB_KEY] for row in history if STSB_KEY in row}

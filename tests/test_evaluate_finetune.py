@@ -137,6 +137,29 @@ def test_finetune_learns_a_separable_task(tiny_bert):
     assert result.best["dev"]["dev"]["acc"] == 1.0
 
 
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_bert):
+    """The loops' one finite-loss policy (distill_jax/loop.py): a NaN learning rate turns the
+    weights into NaN at the first update, so step 1's loss is finite and step 2's is not; the run
+    stops at step 2's fetch, before its log line and the epoch's dev evaluation, with one line
+    naming the step, the run and the fix."""
+    from distill_jax.loop import Diverged
+
+    spec = TASKS["sst2"]
+    model = model_io.load_glue_model(tiny_bert)
+    tok = encode.load_tokenizer(model.model_dir)
+    labels = np.array([1] * len(GOOD) + [0] * len(BAD), np.int32)
+    train = encode.encode_examples(tok, data.Examples(GOOD + BAD, None, labels), 16)
+    recipe = get_config("epochs=2,batch=8,max_len=16").finetune
+    recipe.pad_multiple, recipe.eval_batch_size, recipe.log_every_steps = 16, 8, 1
+    lines = []
+    with pytest.raises(Diverged) as info:
+        finetune.finetune(lambda s: model.make_classifier(2, s), model_io.forward, spec, train, {}, recipe,
+                          float("nan"), 0, shd.make_mesh(-1, 1, 1), model_label="tiny", log=lines.append)
+    assert str(info.value) == ("training diverged: non-finite loss at step 2 of tiny sst2 lr=nan seed=0; "
+                               "lower the learning rate (config.learning_rates)")
+    assert len(lines) == 1 and " step 1/4 loss " in lines[0], lines   # step 1 logged; no epoch line
+
+
 def test_model_specs_and_config_errors(tiny_bert):
     config = get_config(f"tasks=rte+mrpc,models={tiny_bert}")
     assert config.add_references  # comparison mode adds the reference rows by default

@@ -135,6 +135,15 @@ def test_a_plain_teacher_gives_a_transformers_card_with_evaluation_and_the_expor
     assert "## Evaluation" not in (out / "README.md").read_text()
     assert sorted(os.listdir(out.parent)) == ["export"]
 
+    # Numbers measured later (the study's fine-tunes) go into the card alone: weights untouched.
+    weights = (out / "model.safetensors").read_bytes()
+    export_lib.rewrite_model_card(str(out), summary, {"GLUE sst2 dev (mean of 3 runs)": 0.8125})
+    readme = (out / "README.md").read_text()
+    assert "| GLUE sst2 dev (mean of 3 runs) | 0.8125 |" in readme and "library_name: transformers" in readme
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert stat.S_IMODE((out / "README.md").stat().st_mode) == 0o644
+    assert sorted(os.listdir(out)) == sorted(before)   # no temporary left beside the card
+
 
 def test_a_gs_export_is_copied_then_marked_complete(tmp_path):
     from fake_gcs import fake_gcs
@@ -156,15 +165,16 @@ def test_a_gs_export_is_copied_then_marked_complete(tmp_path):
 
 
 def test_the_documented_push_command_matches_the_installed_hf_cli():
-    """README's `hf upload <user>/<repo-name> <export>`: huggingface_hub's CLI takes REPO_ID then
+    """docs/export.md's `hf upload <user>/<repo-name> <export>`: huggingface_hub's CLI takes REPO_ID then
     LOCAL_PATH (checked offline against its own usage line; the upload itself needs the hub)."""
     import re
     import shutil
     import subprocess
     import sys
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    documented = re.search(r"^hf upload (\S+) (\S+)", readme, re.MULTILINE)
+    from doc_blocks import page_text
+
+    documented = re.search(r"^hf upload (\S+) (\S+)", page_text("docs/export.md"), re.MULTILINE)
     assert documented and documented.group(1) == "<user>/<repo-name>"
     assert documented.group(2).endswith("/export")
     hf = shutil.which("hf") or str(Path(sys.executable).parent / "hf")  # the venv's own

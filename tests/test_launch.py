@@ -192,15 +192,14 @@ def test_missing_or_unknown_arguments_are_refused(script, args, message):
     assert proc.returncode == 2 and message in proc.stderr and not proc.stdout
 
 
-def test_readme_pod_commands_are_accepted_as_written():
-    """Every `launch/tpu_pod.sh` line of the README's pod section parses (run with --dry-run; the
-    --setup one with --allow-dirty so a checkout with edits can run it too)."""
+def test_documented_pod_commands_are_accepted_as_written():
+    """Every `launch/tpu_pod.sh` line of docs/pods.md's pod-slice section parses (run with
+    --dry-run; the --setup one with --allow-dirty so a checkout with edits can run it too)."""
     import re
 
-    from readme_blocks import README
+    from doc_blocks import section
 
-    section = README.read_text().split("**Cloud TPU VM pod slice**", 1)[1].split("**SLURM GPU cluster**", 1)[0]
-    block = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]  # the second is the rehearsal
+    (block,) = re.findall(r"```bash\n(.*?)```", section("docs/pods.md", "## Cloud TPU VM pod slice"), flags=re.S)
     commands = [shlex.split(line.split("  #")[0], comments=True)
                 for line in block.replace("\\\n", " ").splitlines() if line.startswith("launch/tpu_pod.sh")]
     assert len(commands) == 6

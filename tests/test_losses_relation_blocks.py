@@ -2,6 +2,8 @@
 float64 numpy reference and against the dense implementation (block_size=0): values, gradients wrt
 the student inputs, padding (suffix, holes, a row of nothing but padding, pad-to-block positions),
 chunking over heads, bf16 inputs; and the memory property it exists for (no [S, S] live).
+Block sizes >= S (9 here) take the one-block path (relation_kl_sum_one_block: gradient computed in
+the forward pass), smaller ones the running-statistics path; both are checked in every test.
 
 Tolerances: the value within 1e-5 relative of the reference and of the dense path; f32 gradients
 within 1e-4 of the dense path's (relative to the largest entry) and of a float64 central finite
@@ -48,7 +50,7 @@ def assert_grads_close(grad, expected, rtol):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("relation_heads,block_size", [(1, 2), (4, 4), (4, 128), (12, 3)])
+@pytest.mark.parametrize("relation_heads,block_size", [(1, 2), (4, 4), (4, 128), (12, 3), (12, 9)])
 def test_blockwise_value_and_grads_match_reference_and_dense(dtype, relation_heads, block_size):
     xs, xt, xs_np, xt_np = inputs(dtype, seed=relation_heads + block_size)
     value, grad = value_and_grad(xs, xt, MASK, relation_heads, block_size=block_size)
@@ -61,9 +63,10 @@ def test_blockwise_value_and_grads_match_reference_and_dense(dtype, relation_hea
     assert np.all(np.asarray(grad)[MASK == 0] == 0), "padded tokens must get no gradient"
 
 
-def test_blockwise_gradient_matches_finite_differences_of_the_reference():
+@pytest.mark.parametrize("block_size", [2, 128])
+def test_blockwise_gradient_matches_finite_differences_of_the_reference(block_size):
     xs, xt, xs_np, xt_np = inputs(jnp.float32, seed=11, scale=2.0)
-    _, grad = value_and_grad(xs, xt, MASK, 4, block_size=2)
+    _, grad = value_and_grad(xs, xt, MASK, 4, block_size=block_size)
     direction = np.random.default_rng(5).normal(size=xs_np.shape) * (MASK[:, :, None] > 0)
     eps = 1e-5
     numeric = (ref_relation_kl(xs_np + eps * direction, xt_np, MASK, 4)
@@ -73,7 +76,7 @@ def test_blockwise_gradient_matches_finite_differences_of_the_reference():
 
 
 @pytest.mark.parametrize("heads_per_chunk", [2, 3])
-@pytest.mark.parametrize("block_size", [2, 5])
+@pytest.mark.parametrize("block_size", [2, 5, 9])
 def test_blockwise_chunked_over_heads_matches_reference_and_dense(heads_per_chunk, block_size):
     xs, xt, xs_np, xt_np = inputs(jnp.float32, seed=heads_per_chunk)
     value, grad = value_and_grad(xs, xt, MASK, 6, heads_per_chunk=heads_per_chunk, block_size=block_size)
@@ -83,20 +86,22 @@ def test_blockwise_chunked_over_heads_matches_reference_and_dense(heads_per_chun
     assert_grads_close(grad, dense_grad, 1e-4)
 
 
-def test_blockwise_large_scores_stay_accurate():
+@pytest.mark.parametrize("block_size", [4, 128])
+def test_blockwise_large_scores_stay_accurate(block_size):
     # A shared offset puts every score near 100 (rows still spread over keys): exp() stays in range
-    # only through the running max, and the KL must not lose its digits to the large scores.
+    # only through the (running) max, and the KL must not lose its digits to the large scores.
     xs, xt, xs_np, xt_np = inputs(jnp.float32, seed=3, scale=0.3, offset=5.0)
-    value, grad = value_and_grad(xs, xt, MASK, 2, block_size=4)
+    value, grad = value_and_grad(xs, xt, MASK, 2, block_size=block_size)
     _, dense_grad = value_and_grad(xs, xt, MASK, 2, block_size=0)
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
     np.testing.assert_allclose(float(value), ref_relation_kl(xs_np, xt_np, MASK, 2), rtol=1e-5)
     assert_grads_close(grad, dense_grad, 1e-4)
 
 
-def test_nothing_valid_is_zero_with_zero_gradient():
+@pytest.mark.parametrize("block_size", [4, 128])
+def test_nothing_valid_is_zero_with_zero_gradient(block_size):
     xs, xt, _, _ = inputs(jnp.float32)
-    value, grad = value_and_grad(xs, xt, np.zeros_like(MASK), 4, block_size=4)
+    value, grad = value_and_grad(xs, xt, np.zeros_like(MASK), 4, block_size=block_size)
     assert float(value) == 0.0 and not np.any(np.asarray(grad))
 
 

@@ -154,12 +154,12 @@ def test_fit_resumes_from_its_checkpoint(headless_teacher, tmp_path, capsys):
 
 def test_od_on_a_headless_teacher_points_at_the_fit_mode(headless_teacher, tmp_path):
     from configs import common
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     c = common.runlocal(common.base_config())
     c.teacher.name = str(headless_teacher)
     c.student.num_layers, c.student.hidden_size, c.student.num_heads, c.student.intermediate_size = 1, 16, 2, 32
     c.objective = {"od": {"weight": 1.0}}
     with pytest.raises(ValueError, match=r"has no MLM head, which objective.od needs.*configs/fit_mlm_head.py"):
-        train_and_evaluate(c, str(tmp_path / "od"))
+        run_training(c, str(tmp_path / "od"))
     assert not (tmp_path / "od" / "checkpoints").exists()

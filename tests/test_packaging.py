@@ -1,8 +1,9 @@
 """The wheel, as a user of our losses installs it: built from this checkout, installed with its core
 dependencies only (jax, numpy) into a fresh virtual environment without system site-packages, it
-runs the README's "Using the losses in your own JAX project" example and imports neither flax nor
-TensorFlow nor torch. Its metadata are the requirements/*.txt files (one place for every pin), and
-the `distill-jax` command runs a packaged recipe without a checkout."""
+runs docs/losses.md's "Using the losses in your own JAX project" example and imports neither flax nor
+TensorFlow nor torch; its `distill-jax` names the [train] extra it lacks in one line. Its metadata
+are the requirements/*.txt files (one place for every pin), and the `distill-jax` command runs a
+packaged recipe without a checkout and lists only the recipes it can run."""
 
 import json
 import os
@@ -15,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from readme_blocks import python_example
-from test_losses_readme import SECTION
+from test_losses_doc import losses_example
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("flax", "tensorflow", "torch", "transformers", "optax", "orbax")
@@ -95,7 +95,7 @@ def test_wheel_holds_the_package_and_recipes_and_its_metadata_are_the_requiremen
 
 
 @pytest.mark.slow
-def test_core_install_in_a_fresh_venv_runs_the_readme_losses_example(wheel, tmp_path):
+def test_core_install_in_a_fresh_venv_runs_the_documented_losses_example(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
@@ -112,9 +112,18 @@ def test_core_install_in_a_fresh_venv_runs_the_readme_losses_example(wheel, tmp_
     assert "jax==" in freeze and "numpy==" in freeze
     assert not [m for m in ("flax", "tensorflow", "torch", "transformers") if f"\n{m}==" in "\n" + freeze]
     assert (venv / "bin" / "distill-jax").is_file()
+    # The command needs [train]: it says so in one line (--version needs nothing).
+    command = str(venv / "bin" / "distill-jax")
+    proc = subprocess.run([command, "--config=quickstart", "--workdir=w"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and proc.stderr == (
+        'error: distill-jax needs the [train] extra (absl is not installed): '
+        'pip install "distill_jax[train]"\n'), proc.stderr
+    proc = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout.startswith("distill_jax "), proc.stderr
 
     example = tmp_path / "losses_example.py"
-    example.write_text(python_example(SECTION) + (
+    example.write_text(losses_example() + (
         "\nimport json, sys\n"
         f"print('HEAVY=' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r})))\n"
         "import distill_jax\nprint('FROM=' + distill_jax.__file__)\n"))
@@ -146,6 +155,16 @@ def test_installed_command_runs_a_packaged_recipe_without_a_checkout(wheel, tmp_
                                      f"--workdir={tmp_path / 'w'}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("did you mean student.num_layers?")
+    # --help offers the recipes the wheel runs: every shipped one but the study (its mode's code,
+    # studies/, is not in the wheel; a checkout's main.py runs it).
+    proc = subprocess.run([sys.executable, "-m", "distill_jax", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    listed = {line.split()[0] for line in proc.stdout.split("Recipes (args with their defaults):\n")[1]
+              .split("\n\n")[0].splitlines() if line.startswith("  ") and not line.startswith("   ")}
+    shipped = {p.stem for p in (site / "distill_jax" / "configs").glob("*.py")} - {"__init__", "common"}
+    assert "study" in shipped and listed == shipped - {"study"}, proc.stdout
+    assert "studies" not in proc.stdout
     # The code that ran is the unpacked wheel's.
     proc = subprocess.run([sys.executable, "-c", "import distill_jax.cli; print(distill_jax.cli.__file__)"],
                           cwd=tmp_path, capture_output=True, text=True, env=env)

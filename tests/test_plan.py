@@ -330,13 +330,13 @@ def test_cli_plans_the_quickstart_on_fake_cpu_devices(tmp_path):
     assert np.isfinite(result["flops_per_step"])
 
 
-def test_readme_table_covers_every_recipe_plan_line():
-    """The README's plan table (python -m benchmarks.plan_table --write_readme) has a row for every
-    `python -m distill_jax.plan` line in the recipes' docstrings, at that slice."""
-    from benchmarks.plan_table import README_MARKERS, recipe_plans
+def test_plan_table_covers_every_recipe_plan_line():
+    """docs/results/plan.md's table (python -m benchmarks.plan_table --write_doc) has a row for
+    every `python -m distill_jax.plan` line in the recipes' docstrings, at that slice."""
+    from benchmarks.plan_table import PLAN_MARKERS, PLAN_PAGE, recipe_plans
 
-    readme = (REPO / "README.md").read_text()
-    table = readme.split(README_MARKERS[0], 1)[1].split(README_MARKERS[1], 1)[0]
+    start, end = PLAN_MARKERS
+    table = PLAN_PAGE.read_text().split(start, 1)[1].split(end, 1)[0]
     plans = recipe_plans()
     assert len(plans) >= 6
     for recipe, arg, topology in plans:

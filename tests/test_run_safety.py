@@ -155,8 +155,8 @@ def test_a_second_run_on_a_busy_workdir_refuses_and_the_first_finishes_intact(
     assert proc.returncode == 0, ("".join(lines) + rest)[-3000:]
     assert not (workdir / "LOCK").exists()
 
-    from distill_jax.train import train_and_evaluate
-    resumed = train_and_evaluate(config, str(workdir))
+    from distill_jax.train import run_training
+    resumed = run_training(config, str(workdir))
     reference = logged_losses(run_8dev)
     for step, loss in logged_losses(resumed).items():
         assert loss == pytest.approx(reference[step], rel=1e-5), step
@@ -212,9 +212,9 @@ def test_a_field_added_to_the_code_since_the_stored_run_counts_only_when_set(tmp
 
 def test_the_operational_field_list_has_one_owner():
     from distill_jax import run_config
-    from studies import distill_methods
+    from studies import identity
 
-    assert distill_methods._OPERATIONAL_FIELDS is run_config.OPERATIONAL_FIELDS
+    assert identity.OPERATIONAL_FIELDS is run_config.OPERATIONAL_FIELDS
 
 
 @pytest.mark.slow
@@ -222,18 +222,18 @@ def test_a_run_that_fails_its_checks_leaves_config_json_alone(tiny_teacher, data
                                                              tmp_path):
     """A late check (the batch does not split over the mesh) fails: no config.json is written on a
     fresh workdir, and an existing one is not replaced."""
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     bad = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     bad.batch_size = 6
     with pytest.raises(ValueError, match="do not split over mesh"):
-        train_and_evaluate(bad, str(tmp_path / "fresh"))
+        run_training(bad, str(tmp_path / "fresh"))
     assert not (tmp_path / "fresh" / "config.json").exists() and not (tmp_path / "fresh" / "LOCK").exists()
 
     bad.data.paths, bad.data.source = str(tmp_path / "no_corpus.txt"), "text"
     bad.batch_size = 8
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        train_and_evaluate(bad, str(tmp_path / "fresh"))
+        run_training(bad, str(tmp_path / "fresh"))
     assert not (tmp_path / "fresh" / "config.json").exists()
 
 
@@ -277,18 +277,18 @@ def test_a_blow_up_stops_before_it_is_saved_and_its_last_good_checkpoint_survive
     the sane rate resumes from 4 and trains to 10 with keep_checkpoints=2, and step 4 is still
     there (it is recorded as the last good one)."""
     from distill_jax.divergence import Diverged
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     workdir = str(tmp_path / "w")
     sane = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     sane.stop_after_step = 4
-    assert train_and_evaluate(sane, workdir).final_step == 4
+    assert run_training(sane, workdir).final_step == 4
 
     hot = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     hot.optim.learning_rate, hot.allow_config_change = 1e3, True
     hot.total_steps = 10
     with pytest.raises(Diverged) as info:
-        train_and_evaluate(hot, workdir)
+        run_training(hot, workdir)
     message = str(info.value)
     assert "\n" not in message and "the newest checkpoint before it is step 4" in message, message
     steps = sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit())
@@ -296,7 +296,7 @@ def test_a_blow_up_stops_before_it_is_saved_and_its_last_good_checkpoint_survive
     assert not (tmp_path / "w" / "LOCK").exists()
 
     sane.stop_after_step, sane.total_steps, sane.allow_config_change = 0, 10, True
-    result = train_and_evaluate(sane, workdir)
+    result = run_training(sane, workdir)
     assert result.summary["steps"]["resumed_from"] == 4 and result.final_step == 10
     steps = sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [4, 8, 10]  # the newest 2, plus the last checkpoint before the spike
@@ -347,8 +347,8 @@ def test_a_full_disk_stops_the_run_at_the_failed_save_with_one_line(
     assert [n for n in self_check if "tmp" in n] == [] and "2" in self_check  # nothing partial left
     assert not (moved / "LOCK").exists() and not (moved / "summary.json").exists()
     # On a disk with room, the rerun resumes from step 2 and ends at the uninterrupted run's losses.
-    from distill_jax.train import train_and_evaluate
-    resumed = train_and_evaluate(config, str(moved))
+    from distill_jax.train import run_training
+    resumed = run_training(config, str(moved))
     assert resumed.summary["steps"]["resumed_from"] == 2
     reference = logged_losses(run_8dev)
     for step, loss in logged_losses(resumed).items():

@@ -1,4 +1,4 @@
-"""The study driver (studies/distill_methods.py) end to end on a tiny real configuration.
+"""The study driver (studies/driver.py and its modules) end to end on a tiny real configuration.
 
 A random 4x32 BERT teacher without an MLM head (so OD must fit one first) and the real WordPiece
 tokenizer; 2x16 students; the builtin corpus; a toy SST-2 in the glue_data layout. Checked:
@@ -80,7 +80,7 @@ def _mtimes(records: Path) -> dict:
 
 @pytest.mark.slow
 def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, capsys):
-    from studies.distill_methods import run_study
+    from studies.driver import run_study
 
     glue_dir, cache = _toy_glue(tmp_path / "glue"), str(tmp_path / "cache")
     workdir, report_dir = tmp_path / "work", tmp_path / "report"
@@ -119,6 +119,11 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
     assert set(od["loss_last_logged"]) >= {"loss", "loss/od", "loss/mlm"}
     run = json.loads((records / "od__sst2__lr0.001__seed1.json").read_text())
     assert run["method"] == "od" and run["seed"] == 1 and len(run["epochs"]) == 1 and run["cpu_s"] > 0
+    card = (workdir / "distill" / "minilmv2_last" / "export" / "README.md").read_text()
+    mean_sst2 = sum(json.loads((records / f"minilmv2_last__sst2__lr0.001__seed{s}.json").read_text())["best_score"]
+                    for s in (0, 1)) / 2
+    assert "## Evaluation" in card and f"| GLUE sst2 dev, best epoch (mean of 2 runs) | {mean_sst2:.4f} |" in card
+    assert f"{zero['spearman']:.4f}" in card   # the zero-shot STS-B record's score
     head = json.loads((records / "mlm_head_fit.json").read_text())
     assert head["steps"] == 4 and set(head["before"]) >= {"accuracy", "perplexity"}
     table = (report_dir / "study_results.md").read_text()
@@ -186,17 +191,17 @@ def test_study_end_to_end_resume_skip_and_report(headless_teacher, tmp_path, cap
 def test_a_student_made_again_is_compared_with_the_recorded_one(tmp_path, capsys):
     """The three cases of a re-distilled student: same weights, earlier ones never digested,
     different weights (another machine); only the last two leave a field on the record."""
-    from studies.distill_methods import _compare_students
+    from studies.stages import compare_students
 
     for seed in (0, 1):
         (tmp_path / f"hs_last__sst2__lr0.0001__seed{seed}.json").write_text("{}")
     (tmp_path / "hs_last_2__sst2__lr0.0001__seed0.json").write_text("{}")  # another method's record
     new = "b" * 64
-    assert _compare_students("hs_last", {"export_sha256": new}, new, str(tmp_path)) == {}
+    assert compare_students("hs_last", {"export_sha256": new}, new, str(tmp_path)) == {}
     assert "bit-identical to the recorded one (weights sha256 bbbbbbbbbbbbbbbb); its 2 finished" in capsys.readouterr().out
-    assert _compare_students("hs_last", {}, new, str(tmp_path)) == {"earlier_export_sha256": None}
+    assert compare_students("hs_last", {}, new, str(tmp_path)) == {"earlier_export_sha256": None}
     assert "were not digested, so the 2 finished fine-tune records cannot be matched" in capsys.readouterr().out
-    assert _compare_students("hs_last", {"export_sha256": "a" * 64}, new, str(tmp_path)) == {
+    assert compare_students("hs_last", {"export_sha256": "a" * 64}, new, str(tmp_path)) == {
         "earlier_export_sha256": "a" * 64}
     assert ("warning: hs_last: the student made again differs from the recorded one (weights sha256 "
             "bbbbbbbbbbbbbbbb vs aaaaaaaaaaaaaaaa" in capsys.readouterr().out)
@@ -213,7 +218,7 @@ def test_a_student_made_again_is_compared_with_the_recorded_one(tmp_path, capsys
     (lambda c: c.zero_shot.update(split="train"), r"STS-B/train.tsv not found"),
 ])
 def test_bad_input_is_one_line_before_training(headless_teacher, tmp_path, change, message):
-    from studies.distill_methods import run_study
+    from studies.driver import run_study
 
     config = study_config(headless_teacher, _toy_glue(tmp_path / "glue"), str(tmp_path / "cache"))
     config.report_dir = str(tmp_path / "report")
@@ -227,7 +232,7 @@ def test_pod_preset_dry_run_plans_without_the_hub(tmp_path, capsys):
     """The paper-scale preset checks every objective against bert-base-uncased's shipped shapes and
     prints the plan, offline, training and writing nothing."""
     from configs import study
-    from studies.distill_methods import run_study
+    from studies.driver import run_study
 
     payload = run_study(study.get_config("preset=pod,dry_run"), str(tmp_path / "pod"))
     assert payload["plan"] == {m: 8 * 5 * 4 for m in study.get_config("preset=pod").methods}
@@ -248,13 +253,13 @@ def test_pod_preset_dry_run_plans_without_the_hub(tmp_path, capsys):
 def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, config_arg):
     """docs/study/records were written by the CPU study over several sessions (docs/study_4000 by
     the same study at twice the budget); a config field added since (an operational one left out
-    of _OPERATIONAL_FIELDS, a changed default) would change the methods' fingerprints, and the
-    README's command would then refuse the study's own workdir or redo every finished run. Each
+    of OPERATIONAL_FIELDS, a changed default) would change the methods' fingerprints, and the
+    documented command would then refuse the study's own workdir or redo every finished run. Each
     distillation record's fingerprint is recomputed from the shipped preset, and every
     fine-tuning record must be one the driver skips."""
     import importlib.util
 
-    from studies.distill_methods import _digest, _needs_teacher_head, method_identity
+    from studies.identity import digest, method_identity, needs_teacher_head
 
     repo = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("study_config", repo / "configs" / "study.py")
@@ -272,26 +277,27 @@ def test_the_committed_study_records_stay_resumable_by_this_code(report_dir, con
         record = json.loads(path.read_text())
         method = record["method"]
         # The cpu preset's teacher (all-MiniLM-L6-v2) has no MLM head: OD methods fit one first.
-        identity = method_identity(config, method, fitted_head=_needs_teacher_head(config, method))
-        assert _digest(identity) == record["fingerprint"], (path.name, identity)
+        identity = method_identity(config, method, fitted_head=needs_teacher_head(config, method))
+        assert digest(identity) == record["fingerprint"], (path.name, identity)
     # Every committed fine-tuning record is one this code skips (its run fingerprint matches: same
     # recipe, training rows of the real GLUE files, lr, seed, and the method's fingerprint).
-    from studies.distill_methods import _Tasks, _missing_runs, _record_path, _zero_shot_missing
+    from studies.records import run_record_path
+    from studies.stages import Tasks, missing_runs, zero_shot_missing
 
-    tasks = _Tasks(config.glue)
+    tasks = Tasks(config.glue)
     records_dir = str(repo / "docs" / report_dir / "records")
     for method in config.methods:
-        fingerprint = _digest(method_identity(config, method, fitted_head=_needs_teacher_head(config, method)))
-        missing = {_record_path(records_dir, method, task, lr, seed)
-                   for task, lr, seed, _ in _missing_runs(config, method, fingerprint, records_dir, tasks)}
+        fingerprint = digest(method_identity(config, method, fitted_head=needs_teacher_head(config, method)))
+        missing = {run_record_path(records_dir, method, task, lr, seed)
+                   for task, lr, seed, _ in missing_runs(config, method, fingerprint, records_dir, tasks)}
         committed = {str(p) for p in (repo / "docs" / report_dir / "records").glob(f"{method}__*.json")}
         assert not committed & missing, sorted(committed & missing)
         zero_shot = repo / "docs" / report_dir / "records" / f"zeroshot__{method}.json"
         if zero_shot.exists():   # and every zero-shot record is one it skips
-            assert not _zero_shot_missing(config, method, fingerprint, records_dir), zero_shot.name
+            assert not zero_shot_missing(config, method, fingerprint, records_dir), zero_shot.name
 
 
-def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(tmp_path):
+def test_write_docs_copies_the_table_and_the_measured_cost_between_the_page_markers(tmp_path):
     from studies import write_docs
 
     report = tmp_path / "docs" / "study"
@@ -307,13 +313,14 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
             {"method": "none", "steps": 0, "tokens": 0, "cpu_s": 3.0, "wall_s": 4.0, "fingerprint": "g"}]
     for i, record in enumerate(runs):
         (report / "records" / f"{i}.json").write_text(json.dumps(record))
-    readme, notes = tmp_path / "README.md", tmp_path / "BUILD_NOTES.md"
-    readme.write_text("intro\n<!-- study-table -->\nold\n<!-- /study-table -->\nafter\n")
-    notes.write_text("a\n<!-- study-cost -->\nold\n<!-- /study-cost -->\nb\n")
-    write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
-    assert readme.read_text() == ("intro\n<!-- study-table -->\n| model | SST-2 acc |\n|---|---:|\n| x | 70.0 |\n\n"
-                                  "![study chart](docs/study/study_results.png)\n<!-- /study-table -->\nafter\n")
-    text = notes.read_text()
+    page = tmp_path / "docs" / "results" / "study.md"   # the chart is linked relative to the page
+    page.parent.mkdir(parents=True)
+    page.write_text("intro\n<!-- study-table -->\nold\n<!-- /study-table -->\nafter\n"
+                    "<!-- study-cost -->\nold\n<!-- /study-cost -->\nb\n")
+    write_docs.main([f"--report_dir={report}", f"--page={page}"])
+    text = page.read_text()
+    assert text.startswith("intro\n<!-- study-table -->\n| model | SST-2 acc |\n|---|---:|\n| x | 70.0 |\n\n"
+                           "![study chart](../study/study_results.png)\n<!-- /study-table -->\nafter\n")
     assert "| hs_last | sst2 | 2 | 2.0 | 3.0 |" in text  # (60 + 180) / 2 s = 2 CPU-min, (120 + 240) / 2 = 3 wall
     assert "- distillation `hs_last`: 2000 steps, 4.10 M tokens, 60.0 CPU-min over 2 recorded segment(s), 75.0 wall-min." in text
     # 1500 s over 750 of 2000 steps: 66.7 CPU-min for all of them, 53.3 wall-min
@@ -321,10 +328,11 @@ def test_write_docs_copies_the_table_and_the_measured_cost_between_the_markers(t
             "wall-min on AMD EPYC (float32 peak measured at its start 0.37 TFLOP/s) (scaled from the 750 steps timed: "
             "25.0 CPU-min measured;") in text
     assert "`none`" not in text  # a reference row has no distillation
-    assert "- records: 2 fine-tuning runs of 90, 2 distillations of 8.\n<!-- /study-cost -->\nb\n" in text
-    notes.write_text("no markers\n")
+    assert text.endswith("- records: 2 fine-tuning runs of 90, 2 distillations of 8.\n<!-- /study-cost -->\nb\n")
+    page.write_text("<!-- study-table -->\n<!-- /study-table -->\nno cost markers\n")
     with pytest.raises(ValueError, match="markers <!-- study-cost --> ... <!-- /study-cost --> not found"):
-        write_docs.main([f"--report_dir={report}", f"--readme={readme}", f"--build_notes={notes}"])
+        write_docs.main([f"--report_dir={report}", f"--page={page}"])
+    assert page.read_text() == "<!-- study-table -->\n<!-- /study-table -->\nno cost markers\n"  # untouched
 
 
 def _budget_dir(root, tokens, scores, loss):
@@ -361,32 +369,32 @@ def test_write_docs_budget_block_puts_each_method_beside_itself_at_the_other_bud
                      "| MiniLMv2, 8.2 M tokens | 79.0 (78.0–80.0) | 79.0 |\n\n"
                      "- `hs`: last logged distillation loss 0.1000 at 4.1 M, 0.0800 at 8.2 M.\n"
                      "- `mv2`: last logged distillation loss 0.3056 at 4.1 M, 0.2500 at 8.2 M.")
-    readme, notes = tmp_path / "README.md", tmp_path / "BUILD_NOTES.md"
+    page = tmp_path / "study.md"
     (small / "study_results.md").write_text("| t |\n")
-    readme.write_text("<!-- study-table -->\n<!-- /study-table -->\n<!-- study-budget -->\nold\n<!-- /study-budget -->\n")
-    notes.write_text("<!-- study-cost -->\n<!-- /study-cost -->\n")
-    args = [f"--report_dir={small}", f"--readme={readme}", f"--build_notes={notes}", f"--budget_dirs={large}"]
+    markers = "<!-- study-table -->\n<!-- /study-table -->\n<!-- study-cost -->\n<!-- /study-cost -->\n"
+    page.write_text(markers + "<!-- study-budget -->\nold\n<!-- /study-budget -->\n")
+    args = [f"--report_dir={small}", f"--page={page}", f"--budget_dirs={large}"]
     write_docs.main(args)
-    assert f"<!-- study-budget -->\n{block}\n<!-- /study-budget -->" in readme.read_text()
-    # Another study (other tasks) in --budget_dirs is one error, and no file is written.
+    assert f"<!-- study-budget -->\n{block}\n<!-- /study-budget -->" in page.read_text()
+    # Another study (other tasks) in --budget_dirs is one error, and the page is not written.
     data = json.loads((large / "study_results.json").read_text())
     (large / "study_results.json").write_text(json.dumps(data | {"tasks": ["cola"]}))
-    readme.write_text("<!-- study-table -->\n<!-- /study-table -->\n")
+    page.write_text(markers)
     with pytest.raises(ValueError, match="study_4000: tasks .* differ from .*--budget_dirs must hold the same"):
         write_docs.main(args)
-    assert readme.read_text() == "<!-- study-table -->\n<!-- /study-table -->\n"
+    assert page.read_text() == markers
 
 
 def test_compute_table_scales_a_distillation_whose_first_segment_went_untimed():
     """A process killed outright (a session's end) records no seconds for the steps it trained:
     the table scales the timed steps' rate to all steps, and says so; complete records stand."""
-    from studies.distill_methods import _compute_table
+    from studies.report import compute_table
 
     config = ml_collections.ConfigDict({"methods": ["od", "hs"], "method_labels": {}})
     distill = {"od": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 500,
                       "throughput": {"peak_flops": 1.28e11}},
                "hs": {"steps": 2000, "tokens": 10, "cpu_s": 600.0, "wall_s": 300.0, "cpu_timed_steps": 2101}}
-    od, hs = _compute_table(config, {}, distill, None)
+    od, hs = compute_table(config, {}, distill, None)
     assert od["distill_cpu_min"] == 600.0 * 4 / 60 and od["distill_wall_min"] == 300.0 * 4 / 60
     assert od["distill_cpu_extrapolated_from"] == 500
     assert hs["distill_cpu_min"] == 600.0 / 60 and hs["distill_cpu_extrapolated_from"] is None
@@ -400,7 +408,7 @@ def test_the_student_arg_changes_the_student_shape_and_nothing_else(preset, defa
     (teacher, corpus, budget, optimizer, seed, objectives, fine-tuning recipe); the default shape's
     configs, and so the committed records' identities, are those of the preset without the arg."""
     from configs import study
-    from studies.distill_methods import _digest, method_identity
+    from studies.identity import digest, method_identity
 
     base, same, narrow = (study.get_config(f"preset={preset}{a}") for a in ("", f",student={default}",
                                                                             f",student={other}"))
@@ -414,7 +422,7 @@ def test_the_student_arg_changes_the_student_shape_and_nothing_else(preset, defa
     assert ({k: v for k, v in s.to_dict().items() if k not in rest}
             == {k: v for k, v in base.distill.student.to_dict().items() if k not in rest})
     for method in ("none", "minilmv2_last", "hs_uniform_cons"):   # another shape, other records
-        assert _digest(method_identity(narrow, method)) != _digest(method_identity(base, method))
+        assert digest(method_identity(narrow, method)) != digest(method_identity(base, method))
     assert method_identity(narrow, "teacher") == method_identity(base, "teacher")
     with pytest.raises(ValueError, match=f"student='2x64': the {preset} preset's students are {default}, {other}"):
         study.get_config(f"preset={preset},student=2x64")
@@ -444,7 +452,7 @@ def test_a_report_dir_holds_one_student_shape(tmp_path):
     """Records of one shape never overwrite another's: a dir marked for 3x384 (as docs/study is)
     refuses the 3x192 study before anything runs; a dir with records and no marker is refused too."""
     from configs import study
-    from studies.distill_methods import STUDENT_MARKER, check_report_shape
+    from studies.checks import STUDENT_MARKER, check_report_shape
 
     wide, narrow = study.get_config("preset=cpu"), study.get_config("preset=cpu,student=3x192")
     check_report_shape(narrow, str(tmp_path / "new"), write=True)
@@ -469,13 +477,14 @@ def test_committed_records_and_docs_name_models_and_data_portably():
     teacher by its id and a student by its export relative to the study's workdir (the migration of
     the earlier records rewrote only that field: the fingerprints test above still passes)."""
     from configs import study
-    from studies.distill_methods import portable_model_spec
+    from studies.identity import portable_model_spec
 
     repo = Path(__file__).resolve().parents[1]
     config = study.get_config("preset=cpu")
     assert portable_model_spec(config, "teacher") == "sentence-transformers/all-MiniLM-L6-v2"
     assert portable_model_spec(config, "od") == "distill/od/export"
-    files = [p for p in (repo / "docs").rglob("*") if p.suffix in (".json", ".md", ".csv")] + [repo / "README.md"]
+    files = ([p for p in (repo / "docs").rglob("*") if p.suffix in (".json", ".md", ".csv")]
+             + [repo / "README.md", repo / "BUILD_NOTES.md"])
     for path in files:
         text = path.read_text()
         for bad in ('"/root/', '"/home/', '"/work/', "(/work/", "(/root/"):

@@ -141,10 +141,10 @@ def _history(workdir: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def run_8dev(tmp_path_factory, tiny_teacher, data_cache, compilation_cache):
     """The uninterrupted reference run, 8 devices as data=2 x fsdp=2 x tensor=2."""
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     workdir = tmp_path_factory.mktemp("run_8dev")
-    return train_and_evaluate(tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2), str(workdir))
+    return run_training(tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2), str(workdir))
 
 
 def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
@@ -200,7 +200,7 @@ def test_tensorboard_events_hold_the_logged_values(run_8dev):
     workdir = Path(run_8dev.summary["workdir"])
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
     acc = EventAccumulator(str(workdir / "tensorboard"))
-    acc.Reload()  # the documented way (README): Scalars(tag) -> [(wall_time, step, value)]
+    acc.Reload()  # the documented way (docs/configs.md): Scalars(tag) -> [(wall_time, step, value)]
     seen = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
     for tag in ("loss", "loss/minilmv2", "loss/minilmv2/qq", "loss/hs", "learning_rate", "grad_norm",
                 "perf/steps_per_sec", "perf/tokens_per_sec", "perf/mfu"):
@@ -243,7 +243,7 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
     finishes the step it is in, saves a checkpoint and exits 0. Restarted on the same workdir, the run must
     end exactly where the uninterrupted reference run ended (same params, optimizer state, data
     position and dropout keys)."""
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     workdir = tmp_path / "killed"
@@ -270,7 +270,7 @@ def test_sigterm_then_restart_reproduces_the_uninterrupted_run(run_8dev, tiny_te
     assert saved and 1 <= saved[-1] < TOTAL_STEPS, (saved, output[-2000:])
     assert not (workdir / "export").exists()  # a preempted run does not export
 
-    resumed = train_and_evaluate(config, str(workdir))
+    resumed = run_training(config, str(workdir))
     assert resumed.summary["steps"]["resumed_from"] == saved[-1]
     reference = run_8dev.final_metrics
     for key in ("loss", "loss/minilmv2", "loss/hs", "grad_norm", "learning_rate"):
@@ -320,7 +320,7 @@ def test_a_truncated_newest_checkpoint_resumes_from_the_older_one(run_8dev, tiny
 @pytest.mark.slow
 def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teacher, data_cache, tmp_path,
                                                           compilation_cache):
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     # 2 processes x 4 CPU devices on localhost, jax.distributed with gloo collectives, started first
     # so they run while this process does the 1-device run.
@@ -337,7 +337,7 @@ def test_same_losses_on_1_device_8_devices_and_2_processes(run_8dev, tiny_teache
         cwd=REPO, env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
 
-    single = train_and_evaluate(tiny_config(tiny_teacher, data_cache, compilation_cache, devices=1),
+    single = run_training(tiny_config(tiny_teacher, data_cache, compilation_cache, devices=1),
                                 str(tmp_path / "one_device"))
     outputs = []
     try:
@@ -392,7 +392,7 @@ def test_a_lost_peer_ends_the_survivor_promptly_and_the_rerun_resumes(tiny_teach
     within the bound with one line naming the checkpoint to resume from, exit 75, no native crash
     dump; after the kill, rerunning the same command resumes there and logs the losses of an
     uninterrupted run."""
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     config.total_steps = DEAD_PEER_STEPS
@@ -444,7 +444,7 @@ def test_a_lost_peer_ends_the_survivor_promptly_and_the_rerun_resumes(tiny_teach
     resumed = {row["step"]: row["loss"] for row in _history(str(workdir))}
     assert sorted(resumed) == list(range(1, DEAD_PEER_STEPS + 1))
 
-    reference = logged_losses(train_and_evaluate(config, str(tmp_path / "uninterrupted")))
+    reference = logged_losses(run_training(config, str(tmp_path / "uninterrupted")))
     for step in range(1, DEAD_PEER_STEPS + 1):
         assert resumed[step] == pytest.approx(reference[step], rel=2e-4), step
     assert abs(reference[DEAD_PEER_STEPS] - reference[resume_step]) > 1e-3  # it kept training
@@ -456,7 +456,7 @@ def test_nan_stops_the_run_naming_the_step_and_the_term(tiny_teacher, data_cache
     (minilmv2): the run must stop at step 1 naming hs, before any checkpoint holds NaN."""
     from safetensors.numpy import load_file, save_file
 
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     poisoned = tmp_path / "nan_teacher"
     shutil.copytree(tiny_teacher, poisoned)
@@ -467,7 +467,7 @@ def test_nan_stops_the_run_naming_the_step_and_the_term(tiny_teacher, data_cache
 
     config = tiny_config(poisoned, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     with pytest.raises(FloatingPointError, match=r"non-finite terms/hs at step 1\b") as info:
-        train_and_evaluate(config, str(tmp_path / "w"))
+        run_training(config, str(tmp_path / "w"))
     assert "\n" not in str(info.value)
     assert not list((tmp_path / "w" / "checkpoints").glob("[0-9]*"))
 
@@ -511,13 +511,13 @@ def _apply(config, override: dict) -> None:
 ])
 def test_impossible_values_name_the_field_before_compiling(tiny_teacher, data_cache, tmp_path,
                                                             override, message):
-    from distill_jax.train import train_and_evaluate
+    from distill_jax.train import run_training
 
     config = tiny_config(tiny_teacher, data_cache, data=-1, fsdp=2, tensor=2)
     _apply(config, override)
     start = time.time()
     with pytest.raises(ValueError, match=message) as info:
-        train_and_evaluate(config, str(tmp_path / "w"))
+        run_training(config, str(tmp_path / "w"))
     assert "\n" not in str(info.value)
     assert time.time() - start < 30
     assert not (tmp_path / "w" / "checkpoints").exists()
@@ -621,8 +621,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(run_8dev
                 proc.kill()
     assert all(proc.returncode == 0 for proc in procs), outputs[0][1][-3000:]
     assert f"resumed from checkpoint step {stop_step}" in outputs[0][0]
-    from distill_jax.train import train_and_evaluate
-    reference = logged_losses(train_and_evaluate(config, str(tmp_path / "uninterrupted")))
+    from distill_jax.train import run_training
+    reference = logged_losses(run_training(config, str(tmp_path / "uninterrupted")))
     resumed = {row["step"]: row["loss"] for row in _history(str(workdir))}
     for step in range(1, 31):
         assert resumed[step] == pytest.approx(reference[step], rel=2e-4), step

@@ -34,7 +34,7 @@ def _default_tokenizer_dir() -> str:
 def run_pipeline_benchmark(data_cfg: Any = None, *, tokenizer_dir: str | None = None,
                            seq_len: int = 128, batch_size: int = 32, steps: int = 200,
                            max_predictions: int = 20, mlm: bool = True) -> dict[str, float]:
-    """Pipeline tokens/s, for the main benchmark and BUILD_NOTES.
+    """Pipeline tokens/s, for the main benchmark and docs/results/bench.md.
 
     Returns a dict: build_tokens_per_s (tokenize+pack, cold cache, source read included),
     build_seconds, corpus_tokens, corpus_documents, corpus_blocks, iter_tokens_per_s (batches of

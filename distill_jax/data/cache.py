@@ -16,7 +16,7 @@ layout). So shards can be tokenized apart (worker processes, hosts) and the bloc
 of a one-process build. The key is a sha256 over (pipeline version, source fingerprint, tokenizer
 fingerprint, seq_len, max_documents): any change rebuilds, nothing else does.
 
-Every write is atomic: a local file goes to `<name>.tmp-<host>-<pid>` and is renamed into place; a
+Every write is atomic: a local file goes to `<name>.<thread>.tmp-<host>-<pid>` and is renamed into place; a
 gs:// object is written whole or not at all. A rerun skips the shards already complete (resumable by
 shard) and removes temporary files left by dead processes of this host (or older than a day).
 
@@ -93,7 +93,7 @@ def _listdir(directory: str) -> list[str]:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    """Atomic: whole or absent (distill_jax/atomic.py; its `.tmp-<host>-<pid>` names are the ones
+    """Atomic: whole or absent (distill_jax/atomic.py; its `.<thread>.tmp-<host>-<pid>` names are the ones
     remove_stale_temporaries knows)."""
     from distill_jax.atomic import write_atomic  # etils is imported when a cache is written, not before
     write_atomic(path, data)
@@ -313,18 +313,19 @@ def _shard_worker(args) -> dict:
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:
-    """Deletes `*.tmp-<host>-<pid>` files of dead processes of this host, and any older than
+    """Deletes `*.tmp-<host>-<pid>` files (atomic.temporary_owner) of dead processes of this host, and any older than
     STALE_TMP_S (local directories; gs:// writes leave no temporaries). Returns the names removed."""
+    from distill_jax import atomic  # etils is imported when a cache is written, not before
+
     removed = []
     if is_remote(directory) or not os.path.isdir(directory):
         return removed
     for name in os.listdir(directory):
-        if ".tmp-" not in name:
+        if atomic.TMP_MARK not in name:
             continue
         path = os.path.join(directory, name)
-        owner = name.rsplit(".tmp-", 1)[1]
-        host, _, pid = owner.rpartition("-")
-        dead = host == _HOST and pid.isdigit() and not _pid_alive(int(pid))
+        owner = atomic.temporary_owner(name)
+        dead = owner is not None and owner[0] == _HOST and not _pid_alive(owner[1])
         try:
             old = time.time() - os.path.getmtime(path) > STALE_TMP_S
             if dead or old:

@@ -26,8 +26,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from distill_jax import loop
 from distill_jax import sharding as shd
-from distill_jax.evaluate import encode, metrics
+from distill_jax.evaluate import encode, glue_metrics
 from distill_jax.evaluate.recipe import FinetuneRecipe
 from distill_jax.evaluate.tasks import TaskSpec, task_score
 
@@ -132,7 +133,7 @@ def evaluate_splits(steps: StepFunctions, params, spec: TaskSpec, dev: dict[str,
     result = {}
     for name, split in dev.items():
         outputs = predict(steps, params, split, recipe.eval_batch_size, recipe.max_len, recipe.pad_multiple)
-        result[name] = metrics.compute_metrics(spec.metrics, outputs, split.labels, spec.is_regression)
+        result[name] = glue_metrics.compute_metrics(spec.metrics, outputs, split.labels, spec.is_regression)
     return result
 
 
@@ -161,12 +162,18 @@ class RunResult:
         return d
 
 
-def _eta(run_start: float, step: int, total_steps: int) -> str:
-    """Time left in this run at the pace so far (training and the dev evaluations), e.g. '3m05s'."""
-    from distill_jax.metrics import format_duration
-
-    elapsed = time.perf_counter() - run_start
-    return format_duration(elapsed / max(step, 1) * (total_steps - step))
+def _steps_per_epoch(recipe: FinetuneRecipe, mesh: Mesh, spec: TaskSpec, train_rows: int) -> int:
+    """Full batches per epoch; one line naming the field when the batches cannot split over the
+    mesh's batch axes and the processes, or the task has fewer rows than one batch."""
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    for field in ("batch_size", "eval_batch_size"):
+        if getattr(recipe, field) % data_parallel or getattr(recipe, field) % jax.process_count():
+            raise ValueError(f"config.{field}={getattr(recipe, field)} must be divisible by the mesh's batch "
+                             f"axes data*fsdp={data_parallel} and by the process count")
+    steps_per_epoch = train_rows // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{spec.name}: {train_rows} training rows < config.batch_size={recipe.batch_size}")
+    return steps_per_epoch
 
 
 def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: TaskSpec,
@@ -184,14 +191,7 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
 
     recipe = FinetuneRecipe.from_config(recipe)
     batch_size = recipe.batch_size
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    for field in ("batch_size", "eval_batch_size"):
-        if getattr(recipe, field) % data_parallel or getattr(recipe, field) % jax.process_count():
-            raise ValueError(f"config.{field}={getattr(recipe, field)} must be divisible by the mesh's batch "
-                             f"axes data*fsdp={data_parallel} and by the process count")
-    steps_per_epoch = len(train) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{spec.name}: {len(train)} training rows < config.batch_size={batch_size}")
+    steps_per_epoch = _steps_per_epoch(recipe, mesh, spec, len(train))
     epochs = recipe.epochs
     total_steps = steps_per_epoch * epochs
 
@@ -212,30 +212,34 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
     base_rng = jax.random.key(seed)
     data_rng = np.random.default_rng(seed)
 
-    history = []
+    history = []   # one row per epoch: the run's record (the committed study records hold it as is)
     run_start = time.perf_counter()
+    progress = loop.Progress(total_steps)
     step = 0
     tag = f"{model_label} {spec.name} lr={learning_rate:g} seed={seed}"
+    hint = "lower the learning rate (config.learning_rates)"
     log_every = recipe.log_every_steps
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
-        losses = []
+        progress.reset(step)   # the rate counts training steps, not the dev evaluation before them
+        pending, losses = [], []   # device losses not fetched yet; this epoch's fetched ones
         for batch in encode.train_batches(train, batch_size, recipe.max_len, recipe.pad_multiple,
                                           data_rng, recipe.group_by_length):
             dropout_rng = jax.random.fold_in(base_rng, step)
             params, opt_state, loss = steps.train_step(params, opt_state, _device_batch(batch, mesh),
                                                        peak_lr, dropout_rng)
-            losses.append(loss)
+            pending.append(loss)
             step += 1
-            if log_every and step % log_every == 0:
-                recent = float(np.mean([_to_host(x) for x in losses[-log_every:]]))
-                log(f"[glue] {tag} step {step}/{total_steps} loss {recent:.4f} "
-                    f"({(time.perf_counter() - epoch_start) / (step - (epoch - 1) * steps_per_epoch):.2f} s/step, "
-                    f"ETA {_eta(run_start, step, total_steps)})")
-        train_loss = float(np.mean([_to_host(x) for x in losses]))
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"{tag}: training loss is {train_loss} in epoch {epoch}; "
-                                     "lower the learning rate")
+            if loop.log_due(step, log_every, total_steps):
+                recent = _fetch_checked(pending, step, tag, hint)
+                losses += recent
+                pending = []
+                rates = progress.report(step)
+                log(f"[glue] {tag} step {step}/{total_steps} loss {float(np.mean(recent)):.4f} "
+                    f"({1 / rates['steps_per_sec']:.2f} s/step, "
+                    f"ETA {loop.format_duration(progress.eta_s(step))})")
+        losses += _fetch_checked(pending, step, tag, hint)
+        train_loss = float(np.mean(losses))
         train_seconds = time.perf_counter() - epoch_start
         dev_metrics = evaluate_splits(steps, params, spec, dev, recipe)
         score = task_score(spec, dev_metrics[spec.main_dev_split])
@@ -246,8 +250,18 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
                           for split, ms in dev_metrics.items())  # 'dev acc=...', 'dev_matched acc=...'
         log(f"[glue] {tag} epoch {epoch}/{epochs}: train loss {train_loss:.4f}  {shown}  "
             f"({train_seconds:.1f} s train, {seconds:.1f} s total"
-            + (f", ETA {_eta(run_start, step, total_steps)})" if epoch < epochs else ")"))
+            + (f", ETA {loop.format_duration(progress.eta_s(step))})" if epoch < epochs else ")"))
         sys.stdout.flush()
     return RunResult(model=model_label, task=spec.name, learning_rate=float(learning_rate), seed=int(seed),
                      train_rows=len(train), steps_per_epoch=steps_per_epoch, epochs=history,
                      seconds=time.perf_counter() - run_start)
+
+
+def _fetch_checked(pending: list[jax.Array], step: int, tag: str, hint: str) -> list[np.ndarray]:
+    """The losses of the steps up to `step` (the last len(pending)) on the host (float32 scalars:
+    their mean is the logged train loss), each checked by the loops' finite-loss policy
+    (loop.check_finite) before the run goes on."""
+    values = [_to_host(x) for x in pending]
+    for index, value in enumerate(values):
+        loop.check_finite(step - len(values) + index + 1, {"loss": value}, hint=hint, run=tag)
+    return values

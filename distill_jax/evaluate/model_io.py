@@ -38,10 +38,6 @@ class GlueModel:
         c = self.cfg
         return (c.num_layers, c.hidden_size, c.num_heads, c.intermediate_size)
 
-    @property
-    def shape_name(self) -> str:
-        return "{}x{}".format(self.cfg.num_layers, self.cfg.hidden_size)
-
     def make_classifier(self, num_labels: int, seed: int) -> nnx.Module:
         """A SequenceClassifier with encoder weights loaded (or random, drawn from `seed`) and a
         head initialised from `seed`. Each call returns new arrays, so runs never share buffers."""

@@ -15,7 +15,7 @@ import statistics
 
 import numpy as np
 
-from distill_jax.evaluate import metrics as metrics_lib
+from distill_jax.evaluate import glue_metrics
 from distill_jax.evaluate.tasks import TaskSpec, get_task, task_score
 
 # The reference rows a distillation comparison (the study's table, configs/study.py) puts beside
@@ -72,7 +72,7 @@ def majority_baseline(spec: TaskSpec, train_labels: np.ndarray, dev_labels: dict
         else:
             majority = int(np.bincount(train_labels, minlength=spec.num_labels).argmax())
             outputs = np.eye(spec.num_labels, dtype=np.float32)[np.full(len(labels), majority)]
-        result[split] = metrics_lib.compute_metrics(spec.metrics, outputs, labels, spec.is_regression)
+        result[split] = glue_metrics.compute_metrics(spec.metrics, outputs, labels, spec.is_regression)
     score = task_score(spec, result[spec.main_dev_split])
     return {"model": "majority class", "task": spec.name, "median_score": score, "min_score": score,
             "max_score": score, "n_seeds": 0, "metrics": result, "best_lr": None}

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from distill_jax.evaluate import metrics
+from distill_jax.evaluate import glue_metrics
 
 MAX_LEN = 128        # tokens per sentence (STS-B sentences are far shorter: nothing is truncated)
 BATCH_SIZE = 64      # sentences per forward
@@ -48,7 +48,7 @@ def cosine_rows(a_nd: np.ndarray, b_nd: np.ndarray) -> np.ndarray:
 def score_pairs(emb_a: np.ndarray, emb_b: np.ndarray, gold: np.ndarray) -> dict:
     """Spearman and Pearson x 100 between the pairs' cosines and the gold scores."""
     cos = cosine_rows(emb_a, emb_b)
-    return {"spearman": 100.0 * metrics.spearman(cos, gold), "pearson": 100.0 * metrics.pearson(cos, gold),
+    return {"spearman": 100.0 * glue_metrics.spearman(cos, gold), "pearson": 100.0 * glue_metrics.pearson(cos, gold),
             "pairs": int(len(gold))}
 
 

@@ -16,7 +16,7 @@ padding mask ([B, S], 1 = real token) everywhere, and treats the teacher side as
   objective.py   build_objective(cfg, student_dims, teacher_dims): the weighted sum, from config
 """
 
-from distill_jax.losses.hs import hidden_pair_loss, hs_loss, init_hs_projections, init_linear
+from distill_jax.losses.hs import hs_loss, init_hs_projections, init_linear
 from distill_jax.losses.layer_maps import STRATEGIES, layer_map
 from distill_jax.losses.mha import (attention_kl_loss, direct_minilm_loss, minilm_loss, minilmv2_loss,
                                     relation_kl_loss, tinybert_attention_loss)
@@ -26,7 +26,7 @@ from distill_jax.losses.terms import TERM_OPTIONS, TERMS
 
 __all__ = [
     "STRATEGIES", "TERMS", "TERM_OPTIONS", "ModelOutputs", "Objective", "attention_kl_loss", "build_objective",
-    "direct_minilm_loss", "gather_positions", "hidden_pair_loss", "hs_loss", "init_hs_projections",
+    "direct_minilm_loss", "gather_positions", "hs_loss", "init_hs_projections",
     "init_linear", "layer_map", "minilm_loss", "minilmv2_loss", "mlm_ce_loss", "od_from_hidden", "od_loss",
     "relation_kl_loss", "tinybert_attention_loss",
 ]

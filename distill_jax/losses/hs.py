@@ -93,15 +93,6 @@ def masked_token_mean(per_token_bs: jax.Array, mask_bs: jax.Array) -> jax.Array:
     return safe_divide(jnp.sum(jnp.where(m > 0, per_token_bs, 0.0)), jnp.sum(m))
 
 
-def hidden_pair_loss(student_bsd: jax.Array, teacher_bsd: jax.Array, mask_bs: jax.Array,
-                     loss: str = "mse") -> jax.Array:
-    """Distance between two [B, S, D] states averaged over valid tokens (no projection)."""
-    valid = as_mask(mask_bs)[..., None] > 0
-    x = jnp.where(valid, f32(student_bsd), 0.0)
-    y = jnp.where(valid, f32(jax.lax.stop_gradient(teacher_bsd)), 0.0)
-    return masked_token_mean(token_distance(x, y, loss), mask_bs)
-
-
 def hs_loss(student_states: Sequence[jax.Array], teacher_states: Sequence[jax.Array], pairs: LayerMap,
             mask_bs: jax.Array, *, projections: dict | None = None, loss: str = "mse",
             one_to_many: str = "mean_target") -> jax.Array:

@@ -26,11 +26,18 @@ import jax.numpy as jnp
 from distill_jax.losses._utils import MASK_VALUE, PRECISION, as_mask, f32, safe_divide
 from distill_jax.losses.hs import apply_linear
 from distill_jax.losses.layer_maps import LayerMap
-from distill_jax.losses.relation_blocks import relation_kl_sum
+from distill_jax.losses.relation_blocks import relation_kl_sum, relation_kl_sum_one_block
 
 # Query rows / keys per block of the blockwise relation KL (relation_kl_loss block_size): at
 # S <= 128 one block, so short sequences run the same arithmetic as the dense path, not slower.
 RELATION_BLOCK_SIZE = 128
+
+# heads_per_chunk=0 on CPU: as many relation heads per chunk as keep one [B, c, block, block]
+# float32 relation tensor within this many bytes. The relation KL streams such tensors through
+# memory several times (scores, max, exp, sums, gradient); a chunk that fits the core's cache is
+# read from there instead (2.4-3x faster value+grad at B=16, S=128, R=48: BUILD_NOTES.md).
+# Accelerators take all heads at once (one wide op beats a loop of small ones there).
+CPU_RELATION_CHUNK_BYTES = 1 << 20
 
 # Floor for probabilities given as probabilities (MiniLM v1): log(0) would be -inf.
 PROB_FLOOR = 1e-30
@@ -69,6 +76,22 @@ def _kl_rows_mean(logp_t: jax.Array, logp_s: jax.Array, mask_bs: jax.Array) -> j
     return safe_divide(_kl_rows_sum(logp_t, logp_s, mask_bs), num_heads * jnp.sum(as_mask(mask_bs)))
 
 
+def default_heads_per_chunk(batch: int, block: int, num_relation_heads: int,
+                            platform: str | None = None) -> int:
+    """heads_per_chunk=0 resolved for `platform` (default: JAX's default backend): every head on
+    TPU/GPU; on CPU the largest divisor c of R with B * c * block^2 * 4 bytes <= 1 MiB (at least 1).
+
+    block: the relation tile's side (min(block_size, S), or S for the dense path).
+    """
+    platform = platform or jax.default_backend()
+    if platform != "cpu":
+        return num_relation_heads
+    per_head_bytes = batch * block * block * 4
+    fitting = [c for c in range(1, num_relation_heads + 1)
+               if num_relation_heads % c == 0 and c * per_head_bytes <= CPU_RELATION_CHUNK_BYTES]
+    return max(fitting, default=1)
+
+
 def check_relation_heads(width: int, num_relation_heads: int, heads_per_chunk: int | None = None,
                          block_size: int = 0) -> None:
     if width % num_relation_heads:
@@ -95,8 +118,10 @@ def relation_kl_loss(student_x: jax.Array, teacher_x: jax.Array, mask: jax.Array
       student_x: [B, S, W_s]; teacher_x: [B, S, W_t] (queries, keys or values, heads concatenated).
       mask: [B, S] 1 = real token.
       num_relation_heads: R; must divide both W_s and W_t (each model splits its own width).
-      heads_per_chunk: None/0 = all R heads at once; c > 0 = c heads at a time inside lax.map, so
-        only c heads' worth of relation tensors (blocks, or [B, c, S, S] when dense) is live.
+      heads_per_chunk: c > 0 = c heads at a time inside lax.map, so only c heads' worth of
+        relation tensors (blocks, or [B, c, S, S] when dense) is live; c = R all heads at once;
+        None/0 = for the platform (``default_heads_per_chunk``: all heads on TPU/GPU, chunks that
+        fit the cache on CPU).
       block_size: n > 0 (default 128) = blockwise (relation_blocks.py): query rows and keys in
         blocks of n, running log-sum-exp statistics, a custom VJP that recomputes the blocks, so
         memory grows with S (plus [B, R, n, n] blocks), not S^2. 0 = dense: both [B, R, S, S]
@@ -109,16 +134,21 @@ def relation_kl_loss(student_x: jax.Array, teacher_x: jax.Array, mask: jax.Array
         check_relation_heads(x.shape[-1], num_relation_heads, heads_per_chunk, block_size)
     teacher_x = jax.lax.stop_gradient(teacher_x)
     m = as_mask(mask)
+    batch, seq = student_x.shape[:2]
+    block = min(block_size, seq) if block_size else seq
+    if not heads_per_chunk:
+        heads_per_chunk = default_heads_per_chunk(batch, block, num_relation_heads)
     if block_size:
-        block = min(block_size, student_x.shape[1])
 
         def kl_sum(xs, xt, heads):
+            if block == xs.shape[1]:  # one block holds the sequence: no running statistics
+                return relation_kl_sum_one_block(xs, xt, m, heads)
             return relation_kl_sum(xs, xt, m, heads, block)
     else:
         def kl_sum(xs, xt, heads):
             return _kl_rows_sum(relation_log_probs(xt, m, heads), relation_log_probs(xs, m, heads), m)
 
-    if not heads_per_chunk or heads_per_chunk >= num_relation_heads:
+    if heads_per_chunk >= num_relation_heads:
         total = kl_sum(student_x, teacher_x, num_relation_heads)
     else:
         num_chunks = num_relation_heads // heads_per_chunk

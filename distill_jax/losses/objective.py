@@ -33,8 +33,9 @@ absent, None, or has weight 0 is off; unknown terms or options are a ValueError)
     teacher_layer   int, default -1 (last); 1..L_T or negative from the end (-2 = L_T - 1)
     student_layer   int, default -1 (last)
     qq, kk, vv      relation weights, default 1.0 each
-    heads_per_chunk int, default 0 (all relation heads at once); c > 0 computes c heads at a time
-                    (c heads' relation blocks live instead of R heads'; same value)
+    heads_per_chunk int, default 0 (for the platform: all heads at once on TPU/GPU, cache-sized
+                    chunks on CPU; mha.default_heads_per_chunk); c > 0 computes c heads at a time
+                    (c heads' relation blocks live instead of R heads'; same value); R = all at once
     block_size      int, default 128: blockwise relation KL over blocks of this many query rows and
                     keys (memory grows with S, not S^2); 0 = the dense [B, R, S, S] relations
   minilm:         MiniLM v1: attention-distribution KL + value-relation KL (equal head counts)
@@ -364,7 +365,7 @@ def _validate_term(name: str, opts: dict, field: str, student: Dims, teacher: Di
                                                        f"{field}.relation_heads")
         c = opts["heads_per_chunk"]
         if isinstance(c, bool) or not isinstance(c, int) or c < 0 or (c and opts["relation_heads"] % c):
-            raise ValueError(f"{field}.heads_per_chunk={c!r}: must be 0 (all heads at once) or a divisor of "
+            raise ValueError(f"{field}.heads_per_chunk={c!r}: must be 0 (chosen for the platform) or a divisor of "
                              f"relation_heads={opts['relation_heads']}")
         mha.check_block_size(opts["block_size"], f"{field}.block_size")
     return opts

@@ -20,6 +20,13 @@ matmul precision whatever the input dtype.
 
 Memory: O(B R S) statistics plus a few live blocks [B, R, Q, K] float32 (at Q = K = 128, B = 64,
 R = 48 one block is 192 MiB); see BUILD_NOTES.md for measured step temporaries.
+
+One block (S <= block, the recipes' S = 64 and 128): ``relation_kl_sum_one_block`` needs no
+running statistics. Its forward pass computes the value and, with the same scores and
+exponentials, the whole gradient wrt the student's states (a [B, S, W_s] array, the only
+residual); the backward pass scales it by the cotangent. That halves the [B, R, S, S] work of the
+blockwise VJP (which recomputes both models' scores and exponentials) and replaces its two
+gradient matmuls by one: with q = k = x, dx = (G + G^T) x / sqrt(d_r).
 """
 
 from __future__ import annotations
@@ -156,3 +163,64 @@ def _bwd(num_heads, block, residuals, g):
 
 
 relation_kl_sum.defvjp(_fwd, _bwd)
+
+
+def _heads(x_bsw: jax.Array, mask_bs: jax.Array, num_heads: int) -> jax.Array:
+    """[B, S, W] -> [B, R, S, d_r] float32, padded tokens zeroed."""
+    b, s, w = x_bsw.shape
+    x = jnp.where(mask_bs[:, :, None] > 0, f32(x_bsw), 0.0)
+    return x.reshape(b, s, num_heads, w // num_heads).transpose(0, 2, 1, 3)
+
+
+def _log_softmax_and_probs(x_brsd: jax.Array, key_valid_b11s: jax.Array):
+    """Relation scores of x with itself -> (log p, p), each [B, R, S, S], one exp per entry."""
+    scores = _scores(x_brsd, x_brsd, key_valid_b11s)
+    shifted = scores - jnp.max(scores, axis=-1, keepdims=True)
+    e = jnp.exp(shifted)
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return shifted - jnp.log(total), e / total
+
+
+def _one_block(xs_bsw, xt_bsw, mask_bs, num_heads, with_grad: bool):
+    """(sum of row KLs, d sum / d xs [B, S, W_s] or None) over the whole sequence at once."""
+    xs, xt = _heads(xs_bsw, mask_bs, num_heads), _heads(xt_bsw, mask_bs, num_heads)
+    key_valid = (mask_bs > 0)[:, None, None, :]
+    row_valid = (mask_bs > 0)[:, None, :, None]
+    logp_s, p_s = _log_softmax_and_probs(xs, key_valid)
+    logp_t, p_t = _log_softmax_and_probs(xt, key_valid)
+    counted = key_valid & row_valid
+    total = jnp.sum(jnp.where(counted, p_t * (logp_t - logp_s), 0.0))
+    if not with_grad:
+        return total, None
+    # d KL_row / d s_s = p_s - p_t on counted entries; s = x x^T / sqrt(d), so
+    # dx = (G + G^T) x / sqrt(d) with G those entries (one matmul instead of two).
+    g_brss = jnp.where(counted, p_s - p_t, 0.0)
+    g_brss = (g_brss + jnp.swapaxes(g_brss, -1, -2)) * (1.0 / math.sqrt(xs.shape[-1]))
+    dx_brsd = jnp.einsum("brqk,brkd->brqd", g_brss, xs, precision=PRECISION)
+    b, s, w = xs_bsw.shape
+    dx_bsw = dx_brsd.transpose(0, 2, 1, 3).reshape(b, s, w) * (mask_bs[:, :, None] > 0)
+    return total, dx_bsw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def relation_kl_sum_one_block(xs_bsw: jax.Array, xt_bsw: jax.Array, mask_bs: jax.Array,
+                              num_heads: int) -> jax.Array:
+    """``relation_kl_sum`` when one block holds the sequence: same value and gradient (xs only),
+    the gradient computed in the forward pass and kept as the only residual ([B, S, W_s])."""
+    return _one_block(xs_bsw, xt_bsw, mask_bs, num_heads, with_grad=False)[0]
+
+
+def _one_block_fwd(xs_bsw, xt_bsw, mask_bs, num_heads):
+    total, dx_bsw = _one_block(xs_bsw, xt_bsw, mask_bs, num_heads, with_grad=True)
+    # The float32 gradient is scaled by the cotangent before it is rounded to xs's dtype; the
+    # empty array carries that dtype.
+    return total, (dx_bsw, jnp.zeros((0,), xs_bsw.dtype), xt_bsw, mask_bs)
+
+
+def _one_block_bwd(num_heads, residuals, g):
+    dx_bsw, xs_dtype_carrier, xt_bsw, mask_bs = residuals
+    return ((g * dx_bsw).astype(xs_dtype_carrier.dtype), jnp.zeros_like(xt_bsw),
+            jnp.zeros_like(mask_bs))
+
+
+relation_kl_sum_one_block.defvjp(_one_block_fwd, _one_block_bwd)

@@ -1,17 +1,17 @@
-"""The README's "Using the losses in your own JAX project" example runs as written."""
+"""docs/losses.md's "Using the losses in your own JAX project" example runs as written."""
 
-from readme_blocks import README, python_example
+from doc_blocks import REPO, python_example
 
-SECTION = "## Using the losses in your own JAX project"
-
-
-def readme_example() -> str:
-    return python_example(SECTION)
+PAGE, SECTION = "docs/losses.md", "# Using the losses in your own JAX project"
 
 
-def test_readme_losses_example_runs(capsys):
+def losses_example() -> str:
+    return python_example(PAGE, SECTION)
+
+
+def test_documented_losses_example_runs(capsys):
     namespace: dict = {}
-    exec(compile(readme_example(), f"{README}:losses-example", "exec"), namespace)
+    exec(compile(losses_example(), f"{REPO / PAGE}:losses-example", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "((1, (1, 2)), (2, (3, 4)), (3, (5, 6)))" in printed
     terms = namespace["terms"]

@@ -1,24 +1,24 @@
-"""The README's "Models: load, run, export" example runs as written (real teacher, real tokenizer)."""
+"""docs/models.md's "Models: load, run, export" example runs as written (real teacher, real tokenizer)."""
 
 import transformers
 
-from readme_blocks import README, python_example
+from doc_blocks import REPO, python_example
 
-SECTION = "## Models: load, run, export"
+PAGE, SECTION = "docs/models.md", "# Models: load, run, export"
 EXPORT_DIR = "/tmp/student-3x384"
 
 
-def readme_example() -> str:
-    block = python_example(SECTION)
+def models_example() -> str:
+    block = python_example(PAGE, SECTION)
     assert EXPORT_DIR in block
     return block
 
 
-def test_readme_models_example_runs(tmp_path, capsys):
+def test_documented_models_example_runs(tmp_path, capsys):
     export_dir = tmp_path / "student"
-    code = readme_example().replace(EXPORT_DIR, str(export_dir))
+    code = models_example().replace(EXPORT_DIR, str(export_dir))
     namespace: dict = {}
-    exec(compile(code, f"{README}:models-example", "exec"), namespace)
+    exec(compile(code, f"{REPO / PAGE}:models-example", "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     seq = namespace["batch"]["input_ids"].shape[1]
     assert printed[1] == f"7 (2, {seq}, 384)"
