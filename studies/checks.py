@@ -8,7 +8,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-from pathlib import Path
 
 import ml_collections
 
@@ -24,7 +23,7 @@ def check_study(config) -> dict:
     from distill_jax.evaluate import data as glue_data
     from distill_jax.evaluate.tasks import get_task
     from distill_jax.losses import build_objective
-    from distill_jax.models.hf_io import known_hub_config, read_hf_config
+    from distill_jax.models.hf_io import resolve_model
 
     known = (*REFERENCES, *config.method_objectives.keys())
     for field, names in (("methods", list(config.methods)), ("only", split_list(config.only))):
@@ -32,16 +31,15 @@ def check_study(config) -> dict:
             if name not in known:
                 raise ValueError(f"config.{field}: unknown method {name!r}; known: {', '.join(known)}")
     try:
-        teacher_dir = str(models.resolve_model_dir(config.teacher_name))
-        teacher_hf, source = read_hf_config(Path(teacher_dir)), f"{teacher_dir}/config.json"
-    except FileNotFoundError as exc:
+        teacher = resolve_model(config.teacher_name, field="config.teacher_name")
+    except FileNotFoundError:
+        if not config.dry_run:
+            raise
         # A dry run (the pod preset planned on a machine without the hub) needs shapes only.
-        teacher_dir, teacher_hf = None, known_hub_config(config.teacher_name) if config.dry_run else None
-        if teacher_hf is None:
-            raise FileNotFoundError(f"config.teacher_name={config.teacher_name!r}: {exc}") from None
-        source = f"the shipped shapes of {config.teacher_name}"
-        log(f"dry run: {config.teacher_name} is not reachable here; checking against {source}")
-    teacher_shape = models.EncoderConfig.from_hf_dict(teacher_hf, source=source)
+        teacher = resolve_model(config.teacher_name, field="config.teacher_name", shapes_only=True)
+        log(f"dry run: {config.teacher_name} is not reachable here; checking against {teacher.source}")
+    teacher_dir = str(teacher.model_dir) if teacher.model_dir is not None else None
+    teacher_shape = models.EncoderConfig.from_hf_dict(teacher.hf_config, source=teacher.source)
     s = config.distill.student
     student_dims = ml_collections.ConfigDict(dict(num_layers=s.num_layers, hidden_size=s.hidden_size,
                                                   num_heads=s.num_heads, intermediate_size=s.intermediate_size))

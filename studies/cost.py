@@ -24,17 +24,14 @@ import sys
 import time
 
 
-def _teacher_config(teacher_name: str, dry_run_ok: bool = True):
+def _teacher_config(teacher_name: str):
+    """The teacher's EncoderConfig from its shapes alone (hf_io.resolve_model, shapes_only: a local
+    config.json, the shipped hub shapes, or the offline package; no weights, no download)."""
     from distill_jax import models
-    from distill_jax.models.hf_io import known_hub_config, read_hf_config
+    from distill_jax.models.hf_io import resolve_model
 
-    try:
-        hf = read_hf_config(models.resolve_model_dir(teacher_name))
-    except FileNotFoundError:
-        hf = known_hub_config(teacher_name) if dry_run_ok else None
-        if hf is None:
-            raise
-    return models.EncoderConfig.from_hf_dict(hf, source=f"the config of {teacher_name}")
+    teacher = resolve_model(teacher_name, field="config.teacher_name", shapes_only=True)
+    return models.EncoderConfig.from_hf_dict(teacher.hf_config, source=teacher.source)
 
 
 def shape_configs(preset: str) -> tuple[str, dict]:

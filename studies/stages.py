@@ -216,17 +216,13 @@ class Tasks:
     """Each task's text read once (capped as config.glue says) and encoded once per tokenizer."""
 
     def __init__(self, glue):
-        from distill_jax.evaluate import data as glue_data
-        from distill_jax.evaluate.run import _task_caps
+        from distill_jax.evaluate.run import read_task
         from distill_jax.evaluate.tasks import get_task
 
         self.glue, self.examples, self._encoded = glue, {}, {}
         for task in split_list(glue.tasks):
-            spec = get_task(task)
-            train_full = glue_data.read_split(spec, "train", glue.data)
-            train = glue_data.subsample(train_full, _task_caps(glue, spec.name), int(glue.subsample_seed))
-            dev = {s: glue_data.read_split(spec, s, glue.data) for s, _ in spec.dev_splits}
-            self.examples[spec.name] = (train, dev)
+            read = read_task(glue, task)   # the GLUE driver's reader: the same capped rows
+            self.examples[get_task(task).name] = (read.train, read.dev)
 
     @property
     def names(self) -> list[str]:
