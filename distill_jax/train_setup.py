@@ -402,10 +402,14 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
         student_has_mlm_head=objective.needs_mlm_head,
         teacher_has_mlm_head=objective.needs_teacher_mlm_head)
 
+    from distill_jax.losses.mha import target_platform
+    platform = mesh.devices.flat[0].platform  # the plan compiles for TPU from a CPU host
+
     def step_in_mesh(*args):
         # The splash kernel shard_maps itself over the batch axes of the context mesh (XLA cannot
-        # partition its custom call); every other op follows the jit shardings either way.
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        # partition its custom call); every other op follows the jit shardings either way. Loss
+        # kernels that differ by platform pick the mesh's, not the host's.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), target_platform(platform):
             return train_step(*args)
 
     jitted = jax.jit(step_in_mesh,

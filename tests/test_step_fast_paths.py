@@ -66,3 +66,13 @@ def test_default_heads_per_chunk_fits_one_relation_tensor_in_a_mebibyte_on_cpu()
     assert mha.default_heads_per_chunk(2, 128, 12, "cpu") == 6  # 12 would be 1.5 MiB; 6 divides 12
     for platform in ("tpu", "gpu"):
         assert mha.default_heads_per_chunk(64, 128, 48, platform) == 48
+
+
+def test_a_step_traced_for_tpu_on_a_cpu_host_keeps_every_head_at_once():
+    # The TPU plan compiles for TPU topologies from this CPU host: the builder traces under
+    # target_platform(mesh platform), so the CPU cache rule must not leak into the TPU program.
+    assert mha.default_heads_per_chunk(16, 128, 48) == (1 if jax.default_backend() == "cpu" else 48)
+    with mha.target_platform("tpu"):
+        assert mha.default_heads_per_chunk(16, 128, 48) == 48
+    with mha.target_platform("cpu"):
+        assert mha.default_heads_per_chunk(16, 128, 48) == 1

@@ -17,8 +17,10 @@ teacher inputs are under stop_gradient.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,20 @@ RELATION_BLOCK_SIZE = 128
 # read from there instead (2.4-3x faster value+grad at B=16, S=128, R=48: BUILD_NOTES.md).
 # Accelerators take all heads at once (one wide op beats a loop of small ones there).
 CPU_RELATION_CHUNK_BYTES = 1 << 20
+
+# The platform a step is being traced for, when it is not JAX's default backend (the TPU plan
+# compiles for TPU topologies from a CPU host): set by the step's builder around the trace.
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("target_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: str | None) -> Iterator[None]:
+    """Traces inside this context resolve heads_per_chunk=0 for `platform` ('cpu', 'tpu', 'gpu')."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
 
 # Floor for probabilities given as probabilities (MiniLM v1): log(0) would be -inf.
 PROB_FLOOR = 1e-30
@@ -78,12 +94,13 @@ def _kl_rows_mean(logp_t: jax.Array, logp_s: jax.Array, mask_bs: jax.Array) -> j
 
 def default_heads_per_chunk(batch: int, block: int, num_relation_heads: int,
                             platform: str | None = None) -> int:
-    """heads_per_chunk=0 resolved for `platform` (default: JAX's default backend): every head on
+    """heads_per_chunk=0 resolved for `platform` (default: the `target_platform` being traced for,
+    else JAX's default backend): every head on
     TPU/GPU; on CPU the largest divisor c of R with B * c * block^2 * 4 bytes <= 1 MiB (at least 1).
 
     block: the relation tile's side (min(block_size, S), or S for the dense path).
     """
-    platform = platform or jax.default_backend()
+    platform = platform or _TARGET_PLATFORM.get() or jax.default_backend()
     if platform != "cpu":
         return num_relation_heads
     per_head_bytes = batch * block * block * 4
