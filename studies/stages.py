@@ -297,7 +297,7 @@ def card_with_study_results(config, method: str, model_dir: str, records_dir: st
     from distill_jax.export import rewrite_model_card
 
     evaluation = {}
-    for task in tasks.names():
+    for task in tasks.names:
         scores = []
         for path in sorted(glob.glob(os.path.join(records_dir, f"{method}__{task}__*.json"))):
             scores.append(float(read_json(path)["best_score"]))
