@@ -51,6 +51,15 @@ def make_readable(root: Path) -> None:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
 
+def _render_card(local_dir: Path, summary: Mapping, export_name: str,
+                 evaluation: Mapping[str, float] | None) -> str:
+    """The README.md of the export in `local_dir` (its config.json and module stack read there)."""
+    architecture = json.loads((local_dir / "config.json").read_text())["architectures"][0]
+    return model_card.render_model_card(summary, export_dir=export_name, architecture=architecture,
+                                        sentence_transformers=st_stack.pooling_summary(local_dir),
+                                        evaluation=evaluation)
+
+
 def write_export(model, local_dir: Path, *, teacher_dir: str, summary: Mapping, export_name: str,
                  evaluation: Mapping[str, float] | None = None) -> dict:
     """Writes the whole export into the (new, empty) local directory `local_dir`; returns facts for
@@ -62,11 +71,7 @@ def write_export(model, local_dir: Path, *, teacher_dir: str, summary: Mapping, 
     seq_len = int(summary["config"]["data"]["seq_len"])
     modules, reason = st_stack.copy_module_stack(teacher_dir, local_dir, hidden_size=model.cfg.hidden_size,
                                                  max_seq_length=seq_len)
-    architecture = json.loads((local_dir / "config.json").read_text())["architectures"][0]
-    card = model_card.render_model_card(summary, export_dir=export_name, architecture=architecture,
-                                        sentence_transformers=st_stack.pooling_summary(local_dir),
-                                        evaluation=evaluation)
-    (local_dir / "README.md").write_text(card)
+    (local_dir / "README.md").write_text(_render_card(local_dir, summary, export_name, evaluation))
     make_readable(local_dir)
     return {"sentence_transformers": modules or reason}
 
@@ -78,11 +83,7 @@ def rewrite_model_card(export_dir: str, summary: Mapping, evaluation: Mapping[st
     from distill_jax.atomic import write_atomic
 
     local = Path(export_dir)
-    architecture = json.loads((local / "config.json").read_text())["architectures"][0]
-    card = model_card.render_model_card(summary, export_dir=str(local), architecture=architecture,
-                                        sentence_transformers=st_stack.pooling_summary(local),
-                                        evaluation=evaluation)
-    write_atomic(str(local / "README.md"), card)
+    write_atomic(str(local / "README.md"), _render_card(local, summary, str(local), evaluation))
     os.chmod(local / "README.md", 0o644)
 
 

@@ -402,8 +402,7 @@ def build_train_setup(config: ml_collections.ConfigDict, mesh: Mesh, *, teacher_
         student_has_mlm_head=objective.needs_mlm_head,
         teacher_has_mlm_head=objective.needs_teacher_mlm_head)
 
-    from distill_jax.losses.mha import target_platform
-    platform = mesh.devices.flat[0].platform  # the plan compiles for TPU from a CPU host
+    from distill_jax.losses.mha import target_platform  # `platform` above: the mesh's, not the host's
 
     def step_in_mesh(*args):
         # The splash kernel shard_maps itself over the batch axes of the context mesh (XLA cannot

@@ -297,16 +297,15 @@ def card_with_study_results(config, method: str, model_dir: str, records_dir: st
     from distill_jax.export import rewrite_model_card
 
     evaluation = {}
-    for task in tasks.names:
-        scores = []
-        for path in sorted(glob.glob(os.path.join(records_dir, f"{method}__{task}__*.json"))):
-            scores.append(float(read_json(path)["best_score"]))
+    for task in tasks.names:   # the config's runs only (finetune_all has just made them current)
+        records = [read_json(run_record_path(records_dir, method, task, lr, seed))
+                   for lr in config.glue.learning_rates for seed in config.glue.seeds]
+        scores = [float(r["best_score"]) for r in records if r]
         if scores:
             evaluation[f"GLUE {task} dev, best epoch (mean of {len(scores)} runs)"] = sum(scores) / len(scores)
-    zero_shot = os.path.join(records_dir, f"zeroshot__{method}.json")
-    if os.path.isfile(zero_shot):
-        evaluation["STS-B dev Spearman x 100, zero-shot (mean pooling, cosine)"] = float(
-            read_json(zero_shot)["spearman"])
+    zero_shot = read_json(zero_shot_path(records_dir, method))
+    if zero_shot:
+        evaluation["STS-B dev Spearman x 100, zero-shot (mean pooling, cosine)"] = float(zero_shot["spearman"])
     if evaluation:
         rewrite_model_card(model_dir, read_json(summary_path), evaluation)
         log(f"{method}: model card of {model_dir} lists the study's numbers")

@@ -315,14 +315,14 @@ def _shard_worker(args) -> dict:
 def remove_stale_temporaries(directory: str) -> list[str]:
     """Deletes `*.tmp-<host>-<pid>` files (atomic.temporary_owner) of dead processes of this host, and any older than
     STALE_TMP_S (local directories; gs:// writes leave no temporaries). Returns the names removed."""
-    from distill_jax import atomic  # etils is imported when a cache is written, not before
+    from distill_jax import atomic  # imported here: it loads etils, which reading a cache never needs
 
     removed = []
     if is_remote(directory) or not os.path.isdir(directory):
         return removed
     for name in os.listdir(directory):
         if atomic.TMP_MARK not in name:
-            continue
+            continue   # an unparsable owner (version-1 directories) still goes when it is old
         path = os.path.join(directory, name)
         owner = atomic.temporary_owner(name)
         dead = owner is not None and owner[0] == _HOST and not _pid_alive(owner[1])

@@ -166,10 +166,8 @@ relation_kl_sum.defvjp(_fwd, _bwd)
 
 
 def _heads(x_bsw: jax.Array, mask_bs: jax.Array, num_heads: int) -> jax.Array:
-    """[B, S, W] -> [B, R, S, d_r] float32, padded tokens zeroed."""
-    b, s, w = x_bsw.shape
-    x = jnp.where(mask_bs[:, :, None] > 0, f32(x_bsw), 0.0)
-    return x.reshape(b, s, num_heads, w // num_heads).transpose(0, 2, 1, 3)
+    """[B, S, W] -> [B, R, S, d_r] float32, padded tokens zeroed: the one block of _to_blocks."""
+    return _to_blocks(x_bsw, mask_bs, num_heads, x_bsw.shape[1])[0]
 
 
 def _log_softmax_and_probs(x_brsd: jax.Array, key_valid_b11s: jax.Array):
@@ -214,13 +212,13 @@ def _one_block_fwd(xs_bsw, xt_bsw, mask_bs, num_heads):
     total, dx_bsw = _one_block(xs_bsw, xt_bsw, mask_bs, num_heads, with_grad=True)
     # The float32 gradient is scaled by the cotangent before it is rounded to xs's dtype; the
     # empty array carries that dtype.
-    return total, (dx_bsw, jnp.zeros((0,), xs_bsw.dtype), xt_bsw, mask_bs)
+    # No teacher states or mask are kept: their cotangents are zero (None).
+    return total, (dx_bsw, jnp.zeros((0,), xs_bsw.dtype))
 
 
 def _one_block_bwd(num_heads, residuals, g):
-    dx_bsw, xs_dtype_carrier, xt_bsw, mask_bs = residuals
-    return ((g * dx_bsw).astype(xs_dtype_carrier.dtype), jnp.zeros_like(xt_bsw),
-            jnp.zeros_like(mask_bs))
+    dx_bsw, xs_dtype_carrier = residuals
+    return (g * dx_bsw).astype(xs_dtype_carrier.dtype), None, None
 
 
 relation_kl_sum_one_block.defvjp(_one_block_fwd, _one_block_bwd)

@@ -82,7 +82,7 @@ def _hub_offline_error(name: str) -> FileNotFoundError:
         f"with config.json and model.safetensors instead")
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+def resolve_model_dir(name_or_path: str | os.PathLike, *, offline: bool = False) -> Path:
     """A local directory for `name_or_path`: an existing directory; a gs:// directory (copied once
     per host into the local cache, distill_jax/remote.py); the offline teacher package for
     'sentence-transformers/all-MiniLM-L6-v2' (or 'all-MiniLM-L6-v2'); the local HF cache; else a hub
@@ -109,7 +109,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(name, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached (or bad id): try the network below
         pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if offline or not _hub_reachable():
         raise _hub_offline_error(name)
     try:
@@ -265,9 +265,8 @@ def resolve_model(name: str, *, field: str = "config.teacher.name", shapes_only:
         if known is not None:
             return ResolvedModel(name, None, known, f"distill_jax/models/hub_configs/{name.split('/')[-1]}.json "
                                                     "(the hub config.json's shapes)")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # shapes never download weights
     try:
-        model_dir = resolve_model_dir(name)
+        model_dir = resolve_model_dir(name, offline=shapes_only)  # shapes never download weights
     except FileNotFoundError as exc:
         if shapes_only:
             raise FileNotFoundError(
