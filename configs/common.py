@@ -130,7 +130,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.allow_config_change = False
     c.print_parameters = False    # also print the per-parameter table (always in workdir/parameters.txt)
     # JAX persistent compilation cache (a local dir or gs://...): a restarted or resumed job loads
-    # its compiled step instead of compiling again. '' = <workdir>/compilation_cache; 'off' = none.
+    # its compiled step instead of compiling again. '' = $JAX_COMPILATION_CACHE_DIR when set, else
+    # <workdir>/compilation_cache; 'off' = none.
     c.compilation_cache_dir = ""
     # Peak FLOP/s of one device for MFU; 0 = datasheet figure by device kind (TPU/GPU), measured
     # matmul rate on CPU.

@@ -110,12 +110,13 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> TrainingRes
 
 
 def compilation_cache_dir(config, workdir: str) -> str | None:
-    """config.compilation_cache_dir: '' = <workdir>/compilation_cache (gs:// works: every host
-    and every restart of the run share it), 'off' = no persistent cache, else that directory."""
+    """config.compilation_cache_dir: '' = $JAX_COMPILATION_CACHE_DIR when set (JAX's own variable:
+    one cache for every run on the machine), else <workdir>/compilation_cache (gs:// works: every
+    host and every restart of the run share it); 'off' = no persistent cache; else that directory."""
     choice = str(config.get("compilation_cache_dir", "") or "")
     if choice.lower() in ("off", "none", "false"):
         return None
-    return choice or Workdir(workdir).compilation_cache
+    return choice or os.environ.get("JAX_COMPILATION_CACHE_DIR") or Workdir(workdir).compilation_cache
 
 
 def data_cache_dir(config, workdir: str) -> str | None:

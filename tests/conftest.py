@@ -10,6 +10,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # it): without JAX_PLATFORMS=cpu every JAX process would load it at start-up, probe for TPU hosts
 # and claim the machine-wide libtpu lockfile. Subprocesses inherit these.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole session, in this process and every subprocess a
+# test starts (JAX reads the variable; the trainer's compilation_cache_dir '' defers to it): the
+# tests compile the same tiny steps in many tests and processes, and compiling is most of their time.
+# A test that needs a real compile sets compilation_cache_dir='off'.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="distill_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 from distill_jax.plan import compile_only_environment  # noqa: E402 (imports no JAX)
 
 compile_only_environment()
@@ -17,3 +28,21 @@ compile_only_environment()
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+import pytest  # noqa: E402
+
+from train_fixtures import compilation_cache, data_cache, run_8dev, tiny_teacher  # noqa: E402,F401
+
+
+@pytest.fixture(autouse=True)
+def _session_compilation_cache():
+    """A run with compilation_cache_dir 'off' or its own directory switches this process's cache;
+    the next test gets the session's back."""
+    yield
+    directory = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if jax.config.jax_compilation_cache_dir != directory:
+        from jax._src import compilation_cache as jax_cache
+
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax_cache.reset_cache()

@@ -20,11 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from test_train import (REPO, _history, compilation_cache, data_cache, run_8dev,  # noqa: F401
-                              subprocess_env, tiny_config, tiny_teacher, write_config_file)
+from train_fixtures import REPO, subprocess_env, tiny_config, write_config_file
 
 
 def one_error_line(stderr: str) -> str:
@@ -120,7 +118,7 @@ def test_a_second_run_on_a_busy_workdir_refuses_and_the_first_finishes_intact(
     """Run A trains; run B (same workdir, another learning rate) refuses in one line naming A, exit 1,
     and writes nothing; A, stopped by SIGTERM, saves, releases the lock; A's rerun ends at the
     uninterrupted run's losses."""
-    from test_train import logged_losses
+    from train_fixtures import logged_losses
 
     config = tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2)
     workdir = tmp_path / "shared"
@@ -323,7 +321,7 @@ def test_a_full_disk_stops_the_run_at_the_failed_save_with_one_line(
         run_8dev, tiny_teacher, data_cache, compilation_cache, tmp_path):
     """The workdir on a real tmpfs with room for 1.8 checkpoints: the save of step 4 runs out of
     space (step 2's is still kept)."""
-    from test_train import logged_losses
+    from train_fixtures import logged_losses
 
     one_checkpoint = dir_bytes(Path(run_8dev.summary["workdir"]) / "checkpoints" / "6")
     disk = tmp_path / "small_disk"

