@@ -207,7 +207,11 @@ def finetune(make_model: Callable[[int], nnx.Module], forward: Callable, spec: T
         if steps_cache is not None:
             steps_cache[key] = steps
     params = jax.device_put(params, steps.param_shardings)
-    opt_state = steps.tx.init(params)
+    # The optimizer's step counters are created on one device; the step returns them replicated
+    # over the mesh. Placing them there first keeps the second step on the first step's compiled
+    # program (otherwise every (model, task) compiles its train step twice).
+    opt_state = jax.tree.map(lambda x: jax.device_put(x, shd.replicated(mesh)) if x.ndim == 0 else x,
+                             steps.tx.init(params))
     peak_lr = jnp.float32(learning_rate)
     base_rng = jax.random.key(seed)
     data_rng = np.random.default_rng(seed)
