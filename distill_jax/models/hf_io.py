@@ -400,12 +400,20 @@ def _load_encoder(name_or_path, *, dtype, param_dtype, with_mlm_head, rngs, shar
     loaded, missing = assign_tensors(model, names, tensors, source=str(model_dir), param_dtype=cfg.param_dtype,
                                      shardings=flat_shardings)
     if missing:  # BERT-style random init for what the checkpoint lacks (e.g. a fresh MLM head)
-        fresh = (jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model())), out_shardings=shardings)()
-                 if shardings is not None else nnx.to_pure_dict(nnx.state(make_model())))
-        flat_fresh = traversals.flatten_mapping(fresh)
-        for tn in names:
-            if tn.hf in missing:
-                get_param(model, tn.path).set_value(flat_fresh[tuple(tn.path)])
+        # Under jit and returning only the missing tensors, XLA drops the rest of the model's init:
+        # the same values as a whole-model init, without compiling or running one (a headless
+        # checkpoint's pooler or MLM head costs seconds, not a full init of the embedding table).
+        paths = {tn.hf: tuple(tn.path) for tn in names if tn.hf in missing}
+
+        def init_missing():
+            flat = traversals.flatten_mapping(nnx.to_pure_dict(nnx.state(make_model())))
+            return {hf: flat[path] for hf, path in paths.items()}
+
+        out_shardings = ({hf: flat_shardings[path] for hf, path in paths.items()}
+                         if flat_shardings is not None else None)
+        fresh = jax.jit(init_missing, out_shardings=out_shardings)()
+        for hf, path in paths.items():
+            get_param(model, path).set_value(fresh[hf])
 
     known = {tn.hf for tn in names}
     ignored = [k for k in tensors if k in BUFFER_NAMES or k in TIED_NAMES[cfg.family]]
