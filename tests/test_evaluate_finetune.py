@@ -122,9 +122,17 @@ def test_finetune_learns_a_separable_task(tiny_bert):
     recipe = get_config("epochs=8,batch=8,max_len=16").finetune  # 16 steps
     recipe.pad_multiple, recipe.eval_batch_size, recipe.log_every_steps = 16, 8, 4
     mesh = shd.make_mesh(-1, 1, 1)
-    lines = []
-    result = finetune.finetune(lambda s: model.make_classifier(2, s), model_io.forward, spec, train, dev, recipe,
+    lines, train_traces = [], []
+
+    def forward(classifier, batch, dropout_rng):  # runs when a step is traced, not when it runs
+        train_traces.append(dropout_rng is not None)
+        return model_io.forward(classifier, batch, dropout_rng)
+
+    result = finetune.finetune(lambda s: model.make_classifier(2, s), forward, spec, train, dev, recipe,
                                1e-2, 0, mesh, log=lines.append)
+    # 16 steps, one traced (so one compiled) train step: step 2 takes step 1's outputs in the layout
+    # step 1 took its inputs (the optimizer's step counters once came from one device, then the mesh).
+    assert train_traces.count(True) == 1
     # The progress lines: an ETA on every step line and on every epoch line but the last; the dev
     # split is named once ('dev acc=', not 'dev dev:acc=').
     step_lines = [line for line in lines if " step " in line]
