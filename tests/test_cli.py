@@ -98,8 +98,8 @@ def test_a_user_corpus_from_the_command_line():
     """docs/data.md's data-source table, used without writing a config file."""
     c = parse(["prog", f"--config={REPO}/configs/quickstart.py", "--config.data.source=wikiextractor",
                "--config.data.paths=/corpus/a,/corpus/b"])
-    from distill_jax.data.config import as_path_list, validate_data_config
-    validate_data_config(c.data)
+    from distill_jax.data.config import DataConfig, as_path_list
+    DataConfig.from_config(c.data)
     assert as_path_list(c.data.paths) == ["/corpus/a", "/corpus/b"]
     c = parse(["prog", f"--config={REPO}/configs/mha_l6_h384.py:runlocal", "--config.data.source=hf",
                "--config.data.hf_name=json", "--config.data.hf_data_files={'train': ['a.jsonl']}"])

@@ -42,8 +42,7 @@ import os
 from typing import Any
 
 from distill_jax.data.cache import PackedCorpus, load_or_build
-from distill_jax.data.config import (DataConfig, MlmConfig, default_cache_dir, default_data_config,
-                                     validate_data_config)
+from distill_jax.data.config import DataConfig, MlmConfig, default_cache_dir, default_data_config
 from distill_jax.data.iterator import BatchIterator, batch_shapes
 from distill_jax.data.sources import make_source
 from distill_jax.data.tokenization import (SpecialTokens, check_vocab, load_tokenizer,
@@ -52,7 +51,7 @@ from distill_jax.data.tokenization import (SpecialTokens, check_vocab, load_toke
 __all__ = [
     "BatchIterator", "DataConfig", "MlmConfig", "PackedCorpus", "SpecialTokens", "batch_shapes", "build_packed_corpus",
     "build_train_iterator", "check_vocab", "default_data_config", "load_tokenizer",
-    "tokenizer_fingerprint", "validate_data_config",
+    "tokenizer_fingerprint",
 ]
 
 

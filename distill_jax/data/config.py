@@ -181,9 +181,3 @@ def as_path_list(paths: Any, field: str = "data.paths") -> list[str]:
     if isinstance(paths, (list, tuple)):
         return [str(p) for p in paths if str(p).strip()]
     raise ValueError(f"{field}={paths!r}: expected a path, a comma-separated string or a list")
-
-
-def validate_data_config(cfg: Any, field: str = "data") -> DataConfig:
-    """config.data (or another data block, e.g. field='eval_data') read once: the DataConfig, or a
-    one-line ValueError naming the field, before any file is touched."""
-    return DataConfig.from_config(cfg, field)
