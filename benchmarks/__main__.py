@@ -220,6 +220,8 @@ def main(argv=None) -> dict:
     threads = apply_threads(args.threads)
     cases = build_cases(args)  # validates every flag before anything slow
 
+    from distill_jax import platforms
+    platforms.choose_platforms()  # libtpu stays quiet on a machine without a TPU
     import jax
 
     from benchmarks import peak as peak_lib

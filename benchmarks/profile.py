@@ -119,6 +119,8 @@ def main(argv=None) -> dict:
     known, rest = extra.parse_known_args(sys.argv[1:] if argv is None else argv)
     args = parse_args(rest)
     apply_threads(args.threads)
+    from distill_jax import platforms
+    platforms.choose_platforms()  # libtpu stays quiet on a machine without a TPU
     out = {}
     for case in build_cases(args):
         print(f"profiling {case.name} ({case.step_flops().total / 1e9:.1f} GFLOP/step)", flush=True)

@@ -47,6 +47,8 @@ def shape_configs(preset: str) -> tuple[str, dict]:
 
 
 def measure(preset: str, out_path: str, repeats: int, warmup: int) -> dict:
+    from distill_jax import platforms
+    platforms.choose_platforms()  # libtpu stays quiet on a machine without a TPU
     import jax
 
     from distill_jax.evaluate import cost
