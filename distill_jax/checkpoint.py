@@ -33,6 +33,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from typing import Any
 
 import jax
@@ -74,6 +75,12 @@ class _DropOrbaxStorageErrors(logging.Filter):
 
 for _name in ("absl", "orbax", ""):
     logging.getLogger(_name).addFilter(_DropOrbaxStorageErrors())
+
+# A failed restore abandons orbax's metadata read before it is awaited; Python then warns about the
+# coroutine when it is collected (one RuntimeWarning line). The restore already failed and was
+# reported in one line (restore_latest): nothing to say twice.
+ABANDONED_ORBAX_READ = r"coroutine 'Store\._get_array_metadatas' was never awaited"
+warnings.filterwarnings("ignore", message=ABANDONED_ORBAX_READ, category=RuntimeWarning)
 
 
 def _late_read_callback(exc_type, exc, tb) -> bool:
