@@ -62,7 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     # exported student (teacher-assistant chains).
     c.teacher.name = "bert-base-uncased"
     # Compute dtype of the frozen teacher; its params are cast once at load. bfloat16 on TPU/GPU
-    # halves the teacher's share of the step; float32 on CPU (bf16 matmuls are slow there).
+    # halves the teacher's share of the step; float32 on CPU (bf16 pays only for big
+    # teachers on CPUs with AVX-512 BF16: BUILD_NOTES, 'The teacher stays float32 on CPU').
     c.teacher.dtype = "float32"
     # Frozen teacher parameters over the mesh's fsdp axis: False keeps a full copy per fsdp group
     # (sharded over "tensor" only), so its matmuls need no collective; True shards them like the
