@@ -116,8 +116,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Attention when no probabilities are needed and no attention dropout applies (the frozen
     # teacher always; the student when student.attention_dropout is 0): 'auto' = the Pallas splash
     # kernel on TPU (seq_len a multiple of 128), cuDNN's fused attention on GPU for bf16/fp16 models,
-    # XLA's otherwise
-    # (train_setup.resolve_attention_impl); or 'xla', 'cudnn', 'splash' to force one.
+    # XLA's with heads flattened into the batch on CPU ('heads_first'), XLA's otherwise
+    # (train_setup.resolve_attention_impl); or 'xla', 'heads_first', 'cudnn', 'splash' to force one.
     c.attention_impl = "auto"
 
     c.log_every = 100             # steps between console lines / TensorBoard points (and NaN checks)

@@ -88,7 +88,7 @@ def check_config(config: ml_collections.ConfigDict, process_count: int = 1) -> N
 
 
 # config.attention_impl values: 'auto' or an EncoderConfig.attention_impl ('xla' = its None).
-ATTENTION_CHOICES = ("auto", "xla", "cudnn", "splash", "splash_interpret")
+ATTENTION_CHOICES = ("auto", "xla", "heads_first", "cudnn", "splash", "splash_interpret")
 
 
 def resolve_attention_impl(choice: str, platform: str, dtype: str, head_dim: int,
@@ -100,7 +100,8 @@ def resolve_attention_impl(choice: str, platform: str, dtype: str, head_dim: int
     divides seq_len (shorter or ragged sequences would be padded to the tile, which costs more than
     the [S, S] probabilities it saves: measured on a seq-64 step); 'cudnn' (cuDNN's fused
     attention through jax.nn.dot_product_attention) on GPU where cuDNN takes it: bf16/fp16
-    compute and a head size that is a multiple of 8 up to 128; otherwise None, XLA's attention
+    compute and a head size that is a multiple of 8 up to 128; 'heads_first' on CPU (XLA's
+    arithmetic with B*H as one batch dim: models/attention.py); otherwise None, XLA's attention
     (jax.nn.dot_product_attention's default, which never picks cuDNN by itself). The encoder still
     takes its explicit path where probabilities or attention dropout are needed.
     """
@@ -109,6 +110,8 @@ def resolve_attention_impl(choice: str, platform: str, dtype: str, head_dim: int
             from distill_jax.models.attention import BLOCK
 
             return "splash" if seq_len % BLOCK == 0 else None
+        if platform == "cpu":
+            return "heads_first"
         cudnn_ok = dtype in ("bfloat16", "float16") and head_dim % 8 == 0 and head_dim <= 128
         return "cudnn" if platform == "gpu" and cudnn_ok else None
     if choice == "splash" and platform != "tpu":

@@ -182,7 +182,8 @@ def test_attention_choices_are_checked_in_one_line(shapes_only_teacher):
     resolve = train_setup.resolve_attention_impl
     assert resolve("auto", "tpu", "float32", 32, 512) == "splash"
     assert resolve("auto", "tpu", "float32", 32, 64) is None  # padded to the 128-token tile: XLA's
-    assert resolve("auto", "cpu", "bfloat16", 64, 512) is None
+    assert resolve("auto", "cpu", "bfloat16", 64, 512) == "heads_first"
+    assert resolve("xla", "cpu", "float32", 64, 512) is None
     # cuDNN's fused attention takes bf16/fp16 and head sizes that are multiples of 8 up to 128.
     assert resolve("auto", "gpu", "bfloat16", 64, 512) == "cudnn"
     assert resolve("auto", "gpu", "float32", 64, 512) is None

@@ -4,7 +4,9 @@ that computes its gradient in the forward pass; at this size the CPU rule keeps 
 chunk), with one-head chunks, and with two blocks, against the plain autodiff reference (dense [B, R, S, S] relations, all heads at once): losses
 within 1e-5 relative at every step (the issue's bound), final parameters within 1e-5 absolute
 (Adam divides by the gradient's own scale, so float32 noise in a near-zero gradient moves its
-parameter by up to ~lr per step; 20 steps at lr <= 1e-3 stay far below 1e-5 in practice)."""
+parameter by up to ~lr per step; 20 steps at lr <= 1e-3 stay far below 1e-5 in practice).
+The same holds for CPU's heads-first attention (attention_impl='heads_first') against
+jax.nn.dot_product_attention in both models."""
 
 import jax
 import numpy as np
@@ -14,13 +16,18 @@ from flax import nnx
 
 from distill_jax import step as step_lib
 from distill_jax.losses import build_objective, mha
+from distill_jax.models import Encoder
 from test_step import BATCH, fresh, make_batch, tiny_models
 
 RELATION_HEADS = 4
 
 
-def trajectory(minilmv2_options: dict, steps: int = 20):
+def trajectory(minilmv2_options: dict, steps: int = 20, attention_impl: str | None = None):
     teacher, student, _ = tiny_models()
+    if attention_impl:  # the same parameters under models that run the other attention kernel
+        teacher, student = (nnx.merge(nnx.split(Encoder(m.cfg.replace(attention_impl=attention_impl),
+                                                        rngs=nnx.Rngs(0)))[0], nnx.split(m)[1])
+                            for m in (teacher, student))
     objective = build_objective({"minilmv2": {"weight": 1.0, "relation_heads": RELATION_HEADS, **minilmv2_options},
                                  "hs": {"weight": 0.5, "map": "uniform_cons"}}, student.cfg, teacher.cfg)
     t_graph, t_params = nnx.split(teacher, nnx.Param)
@@ -51,6 +58,15 @@ def test_fast_paths_follow_the_reference_trajectory(reference, options):
     ref_losses, ref_params = reference
     losses, params = trajectory(options)
     assert ref_losses[-1] < ref_losses[0]  # it trains: the comparison is not between two constants
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_heads_first_attention_follows_the_dot_product_attention_trajectory():
+    ref_losses, ref_params = trajectory({}, attention_impl="xla")
+    losses, params = trajectory({}, attention_impl="heads_first")
+    assert ref_losses[-1] < ref_losses[0]
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)

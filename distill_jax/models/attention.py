@@ -1,4 +1,11 @@
-"""Fused attention on TPU: the Pallas splash-attention kernel, padding through segment ids.
+"""Attention kernels besides jax.nn.dot_product_attention: heads-first XLA attention (CPU) and the
+Pallas splash-attention kernel (TPU), padding through segment ids.
+
+Heads first (EncoderConfig.attention_impl='heads_first', what 'auto' picks on CPU): the same
+arithmetic as jax.nn.dot_product_attention's XLA path, with the heads moved next to the batch and
+flattened into one batch dimension of B*H before the two batched dots. XLA:CPU runs those dots
+faster in that form: at B=16, S=128, H=12 (jitted, alternating in one process, 2-core AMD EPYC)
+forward 9.5 -> 7.0 ms (head size 32) and 14.5 -> 10.5 ms (64), value+grad 30.8 -> 23.3 ms (32).
 
 The encoder's default fused path is jax.nn.dot_product_attention, which on TPU lowers to plain XLA
 and keeps [B, H, S, S] float32 probabilities live (and, under value_and_grad, saved for the
@@ -32,6 +39,24 @@ from jax.sharding import PartitionSpec as P
 from distill_jax.sharding import BATCH_AXES
 
 BLOCK = 128  # the kernel's default tile (query rows and keys)
+
+
+def heads_first_attention(q_bshk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, mask_bs: jax.Array,
+                          scale: float) -> jax.Array:
+    """softmax(q k^T * scale, real keys only) v -> [B, S, H, K] in q's dtype.
+
+    Scores and softmax in float32 (as jax.nn.dot_product_attention); the probabilities are cast to
+    v's dtype for the second dot. mask_bs [B, S]: 1 = real key; every row needs one real key.
+    """
+    b, s, h, k = q_bshk.shape
+    to_nsk = lambda x: jnp.swapaxes(x, 1, 2).reshape(b * h, s, k)  # noqa: E731  n = B*H
+    scores_nst = jnp.einsum("nsk,ntk->nst", to_nsk(q_bshk), to_nsk(k_bshk),
+                            preferred_element_type=jnp.float32) * scale
+    key_mask_b11t = mask_bs.astype(bool)[:, None, None, :]
+    scores_bhst = jnp.where(key_mask_b11t, scores_nst.reshape(b, h, s, s), jnp.finfo(jnp.float32).min)
+    probs_nst = jax.nn.softmax(scores_bhst, axis=-1).reshape(b * h, s, s).astype(v_bshk.dtype)
+    ctx_nsk = jnp.einsum("nst,ntk->nsk", probs_nst, to_nsk(v_bshk))
+    return jnp.swapaxes(ctx_nsk.reshape(b, h, s, k), 1, 2).astype(q_bshk.dtype)
 
 
 def splash_attention(q_bshk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, mask_bs: jax.Array,

@@ -11,7 +11,7 @@ FAMILIES = ("bert", "roberta", "xlm-roberta")
 # HF model_type -> our family; HF spells XLM-R "xlm-roberta".
 _MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "xlm-roberta"}
 # EncoderConfig.attention_impl values (see the field's comment).
-ATTENTION_IMPLS = (None, "xla", "cudnn", "splash", "splash_interpret")
+ATTENTION_IMPLS = (None, "xla", "heads_first", "cudnn", "splash", "splash_interpret")
 # Activations HF encoders use, by their HF names (ACT2FN keys).
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu", "silu")
 
@@ -57,7 +57,8 @@ class EncoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     # The fused attention path (taken when no probabilities are requested and no attention dropout
-    # applies): None/'xla' = jax.nn.dot_product_attention in XLA, everywhere; 'cudnn' = its cuDNN
+    # applies): None/'xla' = jax.nn.dot_product_attention in XLA, everywhere; 'heads_first' = the same
+    # arithmetic with heads flattened into the batch (models/attention.py; faster on CPU); 'cudnn' = its cuDNN
     # fused kernel on NVIDIA GPUs (bf16/fp16 compute only; not exercised by CI, which has no GPU);
     # 'splash' = the Pallas splash-attention kernel, TPU only (models/attention.py);
     # 'splash_interpret' = that kernel in the Pallas interpreter, any backend, slow (for tests).
